@@ -1,0 +1,60 @@
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import { type Client, type ConnectRouter, createClient, type Interceptor } from "@connectrpc/connect";
+import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+
+export interface RpcServer {
+  readonly port: number;
+  /** Stops accepting connections and waits for in-flight calls, up to `timeoutMs`. */
+  close(timeoutMs: number): Promise<void>;
+}
+
+/** One h2c port serving gRPC, gRPC-Web and Connect (DESIGN §1). */
+export async function startRpcServer(opts: {
+  port: number;
+  host?: string;
+  routes: (router: ConnectRouter) => void;
+  interceptors?: Interceptor[];
+}): Promise<RpcServer> {
+  const handler = connectNodeAdapter({ routes: opts.routes, interceptors: opts.interceptors ?? [] });
+  const server = http2.createServer(handler);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.on("close", () => sessions.delete(session));
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(opts.port, opts.host ?? "0.0.0.0", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  const port = (server.address() as AddressInfo).port;
+  return {
+    port,
+    async close(timeoutMs) {
+      const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+      // A graceful session close sends GOAWAY and lets the streams already open finish.
+      for (const session of sessions) session.close();
+      const deadline = new Promise<void>((resolve) => setTimeout(resolve, timeoutMs).unref());
+      await Promise.race([closed, deadline]);
+      for (const session of sessions) session.destroy();
+    },
+  };
+}
+
+/** A typed gRPC client of another service; `baseUrl` like "http://127.0.0.1:50051". */
+export function createRpcClient<T extends DescService>(
+  service: T,
+  baseUrl: string,
+  opts: { timeoutMs?: number; interceptors?: Interceptor[] } = {},
+): Client<T> {
+  const transport = createGrpcTransport({
+    baseUrl,
+    defaultTimeoutMs: opts.timeoutMs ?? 10_000,
+    interceptors: opts.interceptors ?? [],
+  });
+  return createClient(service, transport);
+}

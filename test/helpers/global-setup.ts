@@ -1,0 +1,5 @@
+import { dropStaleTestDatabases } from "./infra.js";
+
+export default async function setup(): Promise<void> {
+  await dropStaleTestDatabases();
+}
