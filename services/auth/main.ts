@@ -1,0 +1,4 @@
+import { runMain } from "../platform/service.js";
+import { authService } from "./service.js";
+
+runMain(authService);
