@@ -1,0 +1,4 @@
+import { runMain } from "../platform/service.js";
+import { notifierService } from "./service.js";
+
+runMain(notifierService);
