@@ -1,0 +1,68 @@
+import { randomUUID } from "node:crypto";
+import type { IncomingMessage } from "node:http";
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  LogController,
+} from "fastify";
+import type { Logger } from "../services/platform/log.js";
+import { type GatewayClients, labelClients } from "./clients.js";
+import type { GatewayConfig } from "./config.js";
+import { errorAnswer, installErrorHandling, schemaErrorFormatter } from "./errors.js";
+import { registerConversationRoutes } from "./routes/conversations.js";
+import { registerExecuteRoutes } from "./routes/execute.js";
+import { registerLogRoutes } from "./routes/logs.js";
+import { registerTokenRoutes } from "./routes/tokens.js";
+
+const SAFE_REQUEST_ID = /^[A-Za-z0-9._:/+=-]{1,128}$/;
+
+/** Honours a caller's x-request-id when it is safe to echo and log, else makes one. */
+export function requestIdFor(raw: IncomingMessage): string {
+  const header = raw.headers["x-request-id"];
+  const given = Array.isArray(header) ? header[0] : header;
+  return given !== undefined && SAFE_REQUEST_ID.test(given) ? given : randomUUID();
+}
+
+export interface GatewayDeps {
+  config: Pick<GatewayConfig, "bodyLimitBytes">;
+  log: Logger;
+  clients: GatewayClients;
+}
+
+/** The REST edge (DESIGN §3): authorizes each request with the auth service, then calls the owner. */
+export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: log as FastifyBaseLogger,
+    // Per-request lines would dominate the log at load; failures are logged by the error handler.
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: "requestId" }),
+    genReqId: requestIdFor,
+    bodyLimit: config.bodyLimitBytes,
+    // Unknown fields must be refused, not stripped, and "1" is not an integer.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false } },
+    schemaErrorFormatter,
+    frameworkErrors(err, request, reply) {
+      const requestId = request.id;
+      const answer = errorAnswer(err, requestId, config.bodyLimitBytes) ?? {
+        status: 400,
+        body: { error: "bad request", code: "invalid_argument", requestId },
+      };
+      (reply as FastifyReply).header("x-request-id", requestId).code(answer.status).send(answer.body);
+    },
+  });
+
+  // JSON only: a text/plain body is refused with 415 instead of reaching validation as a string.
+  app.removeContentTypeParser("text/plain");
+  app.addHook("onRequest", async (request, reply) => {
+    reply.header("x-request-id", request.id);
+  });
+  installErrorHandling(app, config.bodyLimitBytes);
+
+  const labelled = labelClients(clients);
+  app.get("/healthz", async () => ({ status: "ok" }));
+  registerExecuteRoutes(app, labelled);
+  registerConversationRoutes(app, labelled);
+  registerLogRoutes(app, labelled);
+  registerTokenRoutes(app, labelled);
+  return app;
+}

@@ -1,0 +1,58 @@
+import type { DescService } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import { AuthService } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
+import { ExecutionService } from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
+import { LogsService } from "../services/platform/gen/flowplane/logs/v1/logs_pb.js";
+import { createRpcClient } from "../services/platform/rpc.js";
+import type { GatewayConfig } from "./config.js";
+import { type BackendName, labelBackendError } from "./errors.js";
+
+/** The backend services the gateway calls. */
+export interface GatewayClients {
+  auth: Client<typeof AuthService>;
+  executions: Client<typeof ExecutionService>;
+  logs: Client<typeof LogsService>;
+}
+
+export function createGatewayClients(
+  config: Pick<GatewayConfig, "authUrl" | "executorUrl" | "logsUrl" | "rpcTimeoutMs">,
+): GatewayClients {
+  const opts = { timeoutMs: config.rpcTimeoutMs };
+  return {
+    auth: createRpcClient(AuthService, config.authUrl, opts),
+    executions: createRpcClient(ExecutionService, config.executorUrl, opts),
+    logs: createRpcClient(LogsService, config.logsUrl, opts),
+  };
+}
+
+type UnaryFn = (...args: unknown[]) => Promise<unknown>;
+
+/**
+ * Wraps each unary method so a backend that is down or slow is named in the error. Done here and
+ * not in an interceptor because the transport turns its own deadline into DeadlineExceeded only
+ * after the interceptors have run.
+ */
+function labelled<T extends DescService>(service: T, backend: BackendName, client: Client<T>): Client<T> {
+  const wrapped: Record<string, unknown> = {};
+  const methods = client as unknown as Record<string, UnaryFn>;
+  for (const method of service.methods) {
+    const call = methods[method.localName];
+    if (method.methodKind !== "unary" || !call) continue;
+    wrapped[method.localName] = async (...args: unknown[]) => {
+      try {
+        return await call(...args);
+      } catch (err) {
+        throw labelBackendError(backend, err);
+      }
+    };
+  }
+  return { ...client, ...wrapped } as Client<T>;
+}
+
+export function labelClients(clients: GatewayClients): GatewayClients {
+  return {
+    auth: labelled(AuthService, "auth", clients.auth),
+    executions: labelled(ExecutionService, "executor", clients.executions),
+    logs: labelled(LogsService, "logs", clients.logs),
+  };
+}

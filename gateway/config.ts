@@ -1,0 +1,26 @@
+import { type ConfigOf, commonSettings, env } from "../services/platform/config.js";
+
+/** The gateway's settings; it owns no database and talks to the services by RPC only. */
+export const gatewaySettings = {
+  port: env.int("GATEWAY_PORT", "HTTP port of the REST gateway", { default: 8080, min: 0, max: 65535 }),
+  host: env.string("GATEWAY_HOST", "interface the REST gateway listens on", "0.0.0.0"),
+  authUrl: env.url("AUTH_URL", "base URL of the auth service", ["http", "https"], "http://127.0.0.1:50051"),
+  executorUrl: env.url(
+    "EXECUTOR_URL",
+    "base URL of the executor service",
+    ["http", "https"],
+    "http://127.0.0.1:50052",
+  ),
+  logsUrl: env.url("LOGS_URL", "base URL of the logs service", ["http", "https"], "http://127.0.0.1:50053"),
+  bodyLimitBytes: env.int("GATEWAY_BODY_LIMIT_BYTES", "largest request body accepted, in bytes", {
+    default: 1_048_576,
+    min: 1,
+  }),
+  rpcTimeoutMs: env.int("GATEWAY_RPC_TIMEOUT_MS", "deadline of each call to a backend service, in ms", {
+    default: 30_000,
+    min: 1,
+  }),
+  logLevel: commonSettings.logLevel,
+};
+
+export type GatewayConfig = ConfigOf<typeof gatewaySettings>;

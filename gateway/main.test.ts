@@ -1,0 +1,54 @@
+import { type ChildProcess, fork } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { describe, expect, it } from "vitest";
+
+const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
+
+function startGateway(env: Record<string, string>): ChildProcess {
+  return fork(MAIN, [], {
+    execArgv: ["--import", "tsx"],
+    env: { ...process.env, LOG_LEVEL: "silent", ...env },
+    stdio: ["ignore", "ignore", "pipe", "ipc"],
+  });
+}
+
+function exited(child: ChildProcess): Promise<number | null> {
+  return new Promise((resolve) => child.once("exit", (code) => resolve(code)));
+}
+
+describe("gateway process", () => {
+  it("exits 2 naming the variable when the configuration is invalid", async () => {
+    const child = startGateway({ GATEWAY_PORT: "eighty", AUTH_URL: "ftp://nowhere" });
+    let stderr = "";
+    child.stderr?.on("data", (chunk) => {
+      stderr += String(chunk);
+    });
+    expect(await exited(child)).toBe(2);
+    expect(stderr).toContain("GATEWAY_PORT");
+    expect(stderr).toContain("AUTH_URL");
+  });
+
+  it("reports ready with its port, serves /healthz and stops with exit 0 on SIGTERM", async () => {
+    const child = startGateway({ GATEWAY_PORT: "0", GATEWAY_HOST: "127.0.0.1" });
+    const exit = exited(child);
+    const ready = await new Promise<{ ready: boolean; port: number }>((resolve, reject) => {
+      child.once("message", (msg) => resolve(msg as { ready: boolean; port: number }));
+      child.once("exit", (code) => reject(new Error(`gateway exited with ${code} before it was ready`)));
+    });
+    expect(ready.ready).toBe(true);
+    expect(ready.port).toBeGreaterThan(0);
+    const res = await fetch(`http://127.0.0.1:${ready.port}/healthz`);
+    expect(res.status).toBe(200);
+    expect(await res.json()).toEqual({ status: "ok" });
+    child.kill("SIGTERM");
+    expect(await exit).toBe(0);
+  });
+
+  it("stops with exit 0 when its parent's IPC channel closes", async () => {
+    const child = startGateway({ GATEWAY_PORT: "0", GATEWAY_HOST: "127.0.0.1" });
+    const exit = exited(child);
+    await new Promise((resolve) => child.once("message", resolve));
+    child.disconnect();
+    expect(await exit).toBe(0);
+  });
+});
