@@ -1,0 +1,140 @@
+/**
+ * The execution-completed event: built from the stored row, published to JetStream with a stable
+ * Nats-Msg-Id, and republished by the outbox sweeper when the first attempt did not get an ack.
+ */
+import { create, toBinary } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { JetStreamClient } from "nats";
+import {
+  type ExecutionCompleted,
+  ExecutionCompletedSchema,
+} from "../platform/gen/flowplane/events/v1/execution_pb.js";
+import type { Logger } from "../platform/log.js";
+import type { NatsNames } from "../platform/nats.js";
+import { costFromJson, statusFromText, traceSpansFromJson, triggerFromText } from "./records.js";
+import { type ExecutionRow, type ExecutorDb, findUnpublishedExecutions, markPublished } from "./store.js";
+
+const PUBLISH_TIMEOUT_MS = 5_000;
+
+export function completionEvent(
+  row: ExecutionRow,
+  workflow: { name: string; description: string },
+): ExecutionCompleted {
+  return create(ExecutionCompletedSchema, {
+    executionId: row.id,
+    tenantId: row.tenant_id,
+    workflowId: row.workflow_id,
+    workflowVersion: row.workflow_version,
+    workflowName: workflow.name,
+    workflowDescription: workflow.description,
+    conversationId: row.conversation_id,
+    status: statusFromText(row.status),
+    trigger: triggerFromText(row.trigger),
+    startedAt: timestampFromDate(row.started_at),
+    endedAt: row.ended_at ? timestampFromDate(row.ended_at) : undefined,
+    durationMs: BigInt(row.duration_ms),
+    cost: costFromJson(row.cost_detail),
+    creditUsage: BigInt(row.credit_usage),
+    finalOutput: row.output,
+    traceSpans: traceSpansFromJson(row.trace_spans),
+    error: row.error ?? undefined,
+    path: row.path,
+    input: row.input,
+  });
+}
+
+/** Publishes on `<ns>.execution.completed.<tenant>` and waits for the stream's ack. */
+export async function publishCompletion(
+  js: JetStreamClient,
+  names: NatsNames,
+  event: ExecutionCompleted,
+): Promise<void> {
+  await js.publish(names.executionCompleted(event.tenantId), toBinary(ExecutionCompletedSchema, event), {
+    msgID: `${event.executionId}:completed`,
+    timeout: PUBLISH_TIMEOUT_MS,
+  });
+}
+
+/** Publishes, then records the ack. Failures are logged: the outbox sweeper retries the row. */
+export async function publishStoredExecution(
+  deps: { db: ExecutorDb; js: JetStreamClient; names: NatsNames; log: Logger },
+  row: ExecutionRow,
+  workflow: { name: string; description: string },
+): Promise<boolean> {
+  try {
+    await publishCompletion(deps.js, deps.names, completionEvent(row, workflow));
+  } catch (err) {
+    deps.log.warn({ err, executionId: row.id }, "completion publish failed; the outbox will retry");
+    return false;
+  }
+  try {
+    await markPublished(deps.db, row.tenant_id, row.id);
+  } catch (err) {
+    // Republishing later is harmless: JetStream drops the duplicate by its msgID.
+    deps.log.warn({ err, executionId: row.id }, "could not record the completion publish");
+  }
+  return true;
+}
+
+// Rows younger than this are probably still being published by the request that wrote them.
+const OUTBOX_MIN_AGE_MS = 2_000;
+const OUTBOX_BATCH = 100;
+
+/** Periodically republishes executions whose completion was never acknowledged. */
+export class OutboxSweeper {
+  private timer: NodeJS.Timeout | undefined;
+  private sweeping: Promise<void> | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly deps: { db: ExecutorDb; js: JetStreamClient; names: NatsNames; log: Logger },
+    private readonly intervalMs: number,
+  ) {}
+
+  start(): void {
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.stopped) return;
+    this.timer = setTimeout(() => {
+      this.sweeping = this.sweep()
+        .then(
+          (published) => {
+            if (published > 0) this.deps.log.info({ published }, "outbox republished completions");
+          },
+          (err: unknown) => this.deps.log.warn({ err }, "outbox sweep failed"),
+        )
+        .finally(() => {
+          this.sweeping = undefined;
+          this.schedule();
+        });
+    }, this.intervalMs);
+  }
+
+  /** One pass over the unpublished rows; returns how many were published. */
+  async sweep(): Promise<number> {
+    let published = 0;
+    for (;;) {
+      const rows = await findUnpublishedExecutions(
+        this.deps.db,
+        new Date(Date.now() - OUTBOX_MIN_AGE_MS),
+        OUTBOX_BATCH,
+      );
+      for (const row of rows) {
+        if (this.stopped) return published;
+        const workflow = { name: row.workflow_name, description: row.workflow_description };
+        // NATS is likely unreachable: try again next interval rather than hammering it.
+        if (!(await publishStoredExecution(this.deps, row, workflow))) return published;
+        published++;
+      }
+      if (rows.length < OUTBOX_BATCH) return published;
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.timer);
+    await this.sweeping;
+  }
+}

@@ -1,0 +1,4 @@
+import { runMain } from "../platform/service.js";
+import { executorService } from "./service.js";
+
+runMain(executorService);

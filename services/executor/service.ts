@@ -1,0 +1,80 @@
+import { availableParallelism } from "node:os";
+import { fileURLToPath } from "node:url";
+import { env } from "../platform/config.js";
+import { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
+import { ensureStream, executionsStreamConfig } from "../platform/nats.js";
+import type { ServiceDefinition } from "../platform/service.js";
+import { OutboxSweeper } from "./completion.js";
+import { FunctionSandbox } from "./engine/sandbox.js";
+import type { ExecutionDeps } from "./executions.js";
+import { executionHandlers, workflowHandlers } from "./handlers.js";
+import type { Database } from "./store.js";
+import { CompiledVersions } from "./versions.js";
+
+export const executorSettings = {
+  port: env.int("EXECUTOR_PORT", "executor RPC port (gRPC, gRPC-Web and Connect on h2c)", {
+    default: 50052,
+    min: 0,
+    max: 65535,
+  }),
+  functionTimeoutMs: env.int("EXECUTOR_FUNCTION_TIMEOUT_MS", "CPU-time limit of one function block run, ms", {
+    default: 1000,
+    min: 1,
+    max: 600_000,
+  }),
+  functionMemoryMb: env.int("EXECUTOR_FUNCTION_MEMORY_MB", "memory limit of one function block run, MB", {
+    default: 32,
+    min: 4,
+    max: 1024,
+  }),
+  functionWorkers: env.int("EXECUTOR_FUNCTION_WORKERS", "threads running function blocks in parallel", {
+    default: Math.max(2, Math.min(4, availableParallelism())),
+    min: 1,
+    max: 64,
+  }),
+  basePriceUsd: env.number("EXECUTOR_BASE_PRICE_USD", "price of one execution, USD", {
+    default: 0.0005,
+    min: 0,
+  }),
+  outboxIntervalMs: env.int(
+    "EXECUTOR_OUTBOX_INTERVAL_MS",
+    "how often executions whose completion event was not acknowledged are republished, ms",
+    { default: 5000, min: 10 },
+  ),
+};
+
+export const executorService: ServiceDefinition<Database, typeof executorSettings> = {
+  name: "executor",
+  migrationsFolder: fileURLToPath(new URL("./migrations", import.meta.url)),
+  settings: executorSettings,
+  async start(ctx) {
+    await ensureStream(ctx.jsm, executionsStreamConfig(ctx.names));
+    const sandbox = new FunctionSandbox({
+      timeoutMs: ctx.config.functionTimeoutMs,
+      memoryMb: ctx.config.functionMemoryMb,
+      workers: ctx.config.functionWorkers,
+    });
+    const deps: ExecutionDeps = {
+      db: ctx.db,
+      js: ctx.js,
+      names: ctx.names,
+      log: ctx.log,
+      sandbox,
+      versions: new CompiledVersions(),
+      basePriceUsd: ctx.config.basePriceUsd,
+    };
+    const outbox = new OutboxSweeper(deps, ctx.config.outboxIntervalMs);
+    outbox.start();
+    return {
+      services: [WorkflowService, ExecutionService],
+      routes(router) {
+        router.service(WorkflowService, workflowHandlers(deps));
+        router.service(ExecutionService, executionHandlers(deps));
+      },
+      async stop() {
+        await outbox.stop();
+        await sandbox.close();
+      },
+    };
+  },
+};

@@ -1,0 +1,254 @@
+/** Queries on the `executor` schema. Every query is scoped by tenant_id. */
+import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import type { ColumnType, Insertable, Kysely, Selectable } from "kysely";
+
+/** jsonb: read as parsed JSON, written as a JSON string (pg would turn JS arrays into SQL arrays). */
+type Jsonb<T extends JsonValue = JsonValue> = ColumnType<T, string, string>;
+type CreatedAt = ColumnType<Date, Date | undefined, never>;
+
+export type ExecutionStatusText = "queued" | "running" | "success" | "error";
+export type TriggerText = "api" | "webhook" | "schedule" | "manual" | "chat";
+
+export interface WorkflowsTable {
+  id: string;
+  tenant_id: string;
+  name: string;
+  description: string;
+  latest_version: number;
+  created_at: CreatedAt;
+}
+
+export interface WorkflowVersionsTable {
+  workflow_id: string;
+  version: number;
+  tenant_id: string;
+  /** The definition in its JSON form (WorkflowState). */
+  state: Jsonb<JsonObject>;
+  created_at: CreatedAt;
+}
+
+export interface ConversationsTable {
+  id: string;
+  tenant_id: string;
+  workflow_id: string;
+  created_at: CreatedAt;
+}
+
+export interface ExecutionsTable {
+  id: string;
+  tenant_id: string;
+  workflow_id: string;
+  workflow_version: number;
+  conversation_id: string;
+  status: ExecutionStatusText;
+  trigger: TriggerText;
+  input: Jsonb<JsonObject>;
+  output: Jsonb<JsonObject>;
+  path: string[];
+  error: string | null;
+  warnings: string[];
+  /** TraceSpan JSON objects. */
+  trace_spans: Jsonb<JsonValue[]>;
+  /** USD. */
+  cost: number;
+  /** Cost JSON. */
+  cost_detail: Jsonb<JsonObject>;
+  credit_usage: number;
+  started_at: Date;
+  ended_at: Date | null;
+  duration_ms: number;
+  published_at: Date | null;
+}
+
+export interface Database {
+  workflows: WorkflowsTable;
+  workflow_versions: WorkflowVersionsTable;
+  conversations: ConversationsTable;
+  executions: ExecutionsTable;
+}
+
+export type ExecutorDb = Kysely<Database>;
+export type WorkflowRow = Selectable<WorkflowsTable>;
+export type WorkflowVersionRow = Selectable<WorkflowVersionsTable>;
+export type ConversationRow = Selectable<ConversationsTable>;
+export type ExecutionRow = Selectable<ExecutionsTable>;
+export type NewExecutionRow = Insertable<ExecutionsTable>;
+
+export async function insertWorkflow(
+  db: ExecutorDb,
+  workflow: { id: string; tenantId: string; name: string; description: string },
+  firstVersionState: JsonObject | undefined,
+): Promise<{ workflow: WorkflowRow; version?: WorkflowVersionRow }> {
+  return db.transaction().execute(async (tx) => {
+    const row = await tx
+      .insertInto("workflows")
+      .values({
+        id: workflow.id,
+        tenant_id: workflow.tenantId,
+        name: workflow.name,
+        description: workflow.description,
+        latest_version: firstVersionState === undefined ? 0 : 1,
+      })
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    if (firstVersionState === undefined) return { workflow: row };
+    const version = await tx
+      .insertInto("workflow_versions")
+      .values({
+        workflow_id: row.id,
+        version: 1,
+        tenant_id: row.tenant_id,
+        state: JSON.stringify(firstVersionState),
+      })
+      .returningAll()
+      .executeTakeFirstOrThrow();
+    return { workflow: row, version };
+  });
+}
+
+export async function findWorkflow(
+  db: ExecutorDb,
+  tenantId: string,
+  workflowId: string,
+): Promise<WorkflowRow | undefined> {
+  return db
+    .selectFrom("workflows")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", workflowId)
+    .executeTakeFirst();
+}
+
+/**
+ * Stores `state` as the workflow's next version. The row lock taken by the increment serialises
+ * concurrent publishes, so each gets its own number. Undefined when the workflow is not the tenant's.
+ */
+export async function insertNextVersion(
+  db: ExecutorDb,
+  tenantId: string,
+  workflowId: string,
+  state: JsonObject,
+): Promise<WorkflowVersionRow | undefined> {
+  return db.transaction().execute(async (tx) => {
+    const bumped = await tx
+      .updateTable("workflows")
+      .set((eb) => ({ latest_version: eb("latest_version", "+", 1) }))
+      .where("tenant_id", "=", tenantId)
+      .where("id", "=", workflowId)
+      .returning("latest_version")
+      .executeTakeFirst();
+    if (!bumped) return undefined;
+    return tx
+      .insertInto("workflow_versions")
+      .values({
+        workflow_id: workflowId,
+        version: bumped.latest_version,
+        tenant_id: tenantId,
+        state: JSON.stringify(state),
+      })
+      .returningAll()
+      .executeTakeFirstOrThrow();
+  });
+}
+
+export async function findVersionState(
+  db: ExecutorDb,
+  tenantId: string,
+  workflowId: string,
+  version: number,
+): Promise<JsonObject | undefined> {
+  const row = await db
+    .selectFrom("workflow_versions")
+    .select("state")
+    .where("tenant_id", "=", tenantId)
+    .where("workflow_id", "=", workflowId)
+    .where("version", "=", version)
+    .executeTakeFirst();
+  return row?.state;
+}
+
+export async function findConversation(
+  db: ExecutorDb,
+  tenantId: string,
+  conversationId: string,
+): Promise<ConversationRow | undefined> {
+  return db
+    .selectFrom("conversations")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", conversationId)
+    .executeTakeFirst();
+}
+
+/** Writes an execution, creating its conversation first when it is new, in one transaction. */
+export async function insertExecution(
+  db: ExecutorDb,
+  execution: NewExecutionRow,
+  newConversation: { id: string; createdAt: Date } | undefined,
+): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    if (newConversation) {
+      await tx
+        .insertInto("conversations")
+        .values({
+          id: newConversation.id,
+          tenant_id: execution.tenant_id,
+          workflow_id: execution.workflow_id,
+          created_at: newConversation.createdAt,
+        })
+        .execute();
+    }
+    await tx.insertInto("executions").values(execution).execute();
+  });
+}
+
+export async function markPublished(db: ExecutorDb, tenantId: string, executionId: string): Promise<void> {
+  await db
+    .updateTable("executions")
+    .set({ published_at: new Date() })
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("published_at", "is", null)
+    .execute();
+}
+
+export async function listConversationExecutions(
+  db: ExecutorDb,
+  tenantId: string,
+  conversationId: string,
+): Promise<ExecutionRow[]> {
+  return db
+    .selectFrom("executions")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("conversation_id", "=", conversationId)
+    .orderBy("started_at", "asc")
+    .orderBy("id", "asc")
+    .execute();
+}
+
+export type UnpublishedExecution = ExecutionRow & { workflow_name: string; workflow_description: string };
+
+/**
+ * Executions whose completion was never acknowledged and that started before `startedBefore`,
+ * oldest first, with their workflow's name and description. The outbox sweeper runs across
+ * tenants; each row carries its own tenant_id.
+ */
+export async function findUnpublishedExecutions(
+  db: ExecutorDb,
+  startedBefore: Date,
+  limit: number,
+): Promise<UnpublishedExecution[]> {
+  return db
+    .selectFrom("executions as e")
+    .innerJoin("workflows as w", (join) =>
+      join.onRef("w.id", "=", "e.workflow_id").onRef("w.tenant_id", "=", "e.tenant_id"),
+    )
+    .selectAll("e")
+    .select(["w.name as workflow_name", "w.description as workflow_description"])
+    .where("e.published_at", "is", null)
+    .where("e.started_at", "<", startedBefore)
+    .orderBy("e.started_at", "asc")
+    .limit(limit)
+    .execute();
+}
