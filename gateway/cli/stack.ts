@@ -1,0 +1,372 @@
+/**
+ * The local stack: PostgreSQL and NATS (given by URL, or embedded), then auth, executor, logs and
+ * notifier as child processes in parallel, then the gateway. Every child gets an IPC channel, so it
+ * stops by itself when the launcher dies; `stop()` stops them in order and waits for each.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
+import path from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { type LocalServer, startEmbeddedPostgres, startNatsServer } from "./embedded.js";
+import { commandLine, indent, isAlive, OutputTail } from "./processes.js";
+
+export const SERVICE_NAMES = ["auth", "executor", "logs", "notifier"] as const;
+export type ServiceName = (typeof SERVICE_NAMES)[number];
+export type ProcessName = ServiceName | "gateway";
+export const PROCESS_NAMES: readonly ProcessName[] = [...SERVICE_NAMES, "gateway"];
+
+export const DEFAULT_PORTS: Record<ProcessName, number> = {
+  auth: 50051,
+  executor: 50052,
+  logs: 50053,
+  notifier: 50054,
+  gateway: 8080,
+};
+
+const PORT_VARIABLES: Record<ProcessName, string> = {
+  auth: "AUTH_PORT",
+  executor: "EXECUTOR_PORT",
+  logs: "LOGS_PORT",
+  notifier: "NOTIFIER_PORT",
+  gateway: "GATEWAY_PORT",
+};
+
+export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** The file a process runs: `services/<name>/main.ts` or `gateway/main.ts`. */
+export function entryPoint(name: ProcessName): string {
+  return name === "gateway"
+    ? path.join(REPO_ROOT, "gateway", "main.ts")
+    : path.join(REPO_ROOT, "services", name, "main.ts");
+}
+
+/** `node --import <tsx>` arguments resolved from this package, so they work from any cwd. */
+export function tsxNodeArgs(): string[] {
+  const loader = createRequire(import.meta.url).resolve("tsx");
+  return ["--import", pathToFileURL(loader).href];
+}
+
+export interface StackOptions {
+  /** PostgreSQL URL; defaults to DATABASE_URL, else an embedded PostgreSQL under `dataDir`. */
+  databaseUrl?: string;
+  /** NATS URL (JetStream enabled); defaults to NATS_URL, else a nats-server spawned from PATH. */
+  natsUrl?: string;
+  /** FLOWPLANE_NAMESPACE; defaults to the variable, else "flowplane". */
+  namespace?: string;
+  /** Where embedded servers keep their data and the launcher its lock; default ".flowplane" in cwd. */
+  dataDir?: string;
+  /** Ports of the processes; 0 lets the process pick one. Defaults: 50051..50054 and 8080. */
+  ports?: Partial<Record<ProcessName, number>>;
+  /** When set, each child's stdout and stderr go to `<logDir>/<name>.log` instead of the terminal. */
+  logDir?: string;
+  /** Extra environment for every child. */
+  env?: Record<string, string>;
+  /** LOG_LEVEL of every child. */
+  logLevel?: string;
+  /** How long each process may take to report ready; default 60 s. */
+  readyTimeoutMs?: number;
+  /** How long each process may take to stop after SIGTERM before it is killed; default 15 s. */
+  stopTimeoutMs?: number;
+  /** Progress and warnings meant for a human; default stderr. */
+  report?: (line: string) => void;
+}
+
+export interface Stack {
+  gatewayUrl: string;
+  serviceUrls: Record<ServiceName, string>;
+  databaseUrl: string;
+  natsUrl: string;
+  namespace: string;
+  dataDir: string;
+  /** Process ids of the running children (for tests and diagnostics). */
+  pids(): Partial<Record<ProcessName, number>>;
+  /** Stops one process (SIGTERM, then SIGKILL after the deadline). */
+  stopProcess(name: ProcessName): Promise<void>;
+  /** Starts a stopped process again with the same environment and port; resolves when it is ready. */
+  startProcess(name: ProcessName): Promise<void>;
+  /** Stops every child, then the nats-server and PostgreSQL it started itself. */
+  stop(): Promise<void>;
+}
+
+interface ChildState {
+  name: ProcessName;
+  env: Record<string, string>;
+  child?: ChildProcess;
+  /** Resolves once the child has exited and its output is flushed. */
+  closed?: Promise<void>;
+  tail: OutputTail;
+  log?: WriteStream;
+  /** Set by stopProcess/stop so the exit is not reported as a crash. */
+  stopping: boolean;
+  port?: number;
+}
+
+const nonEmpty = (value: string | undefined) => (value?.trim() ? value.trim() : undefined);
+
+/** One launcher per data directory: a second one would fight over ports and the embedded servers. */
+async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const lockFile = path.join(dataDir, "launcher.pid");
+  const holder = Number.parseInt(await readFile(lockFile, "utf8").catch(() => ""), 10);
+  if (Number.isSafeInteger(holder) && holder !== process.pid && isAlive(holder)) {
+    const cmdline = commandLine(holder) ?? "";
+    if (cmdline === "" || cmdline.includes("node")) {
+      throw new Error(
+        `another flowplane stack is running from ${dataDir} (pid ${holder}); stop it first or use another data directory`,
+      );
+    }
+  }
+  await writeFile(lockFile, `${process.pid}\n`);
+  return async () => {
+    const current = await readFile(lockFile, "utf8").catch(() => "");
+    if (Number.parseInt(current, 10) === process.pid) await unlink(lockFile).catch(() => {});
+  };
+}
+
+function describeExit(code: number | null, signal: NodeJS.Signals | null): string {
+  return signal ? `was killed by ${signal}` : `exited with code ${code}`;
+}
+
+export async function startStack(options: StackOptions = {}): Promise<Stack> {
+  const report = options.report ?? ((line: string) => process.stderr.write(`${line}\n`));
+  const dataDir = path.resolve(options.dataDir ?? ".flowplane");
+  const namespace = nonEmpty(options.namespace) ?? nonEmpty(process.env.FLOWPLANE_NAMESPACE) ?? "flowplane";
+  const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
+  const stopTimeoutMs = options.stopTimeoutMs ?? 15_000;
+  const ports = { ...DEFAULT_PORTS, ...options.ports };
+  await mkdir(dataDir, { recursive: true });
+  if (options.logDir) await mkdir(options.logDir, { recursive: true });
+
+  const unlock = await lockDataDir(dataDir);
+  const ownedServers: LocalServer[] = [];
+  const children = new Map<ProcessName, ChildState>();
+  const nodeArgs = tsxNodeArgs();
+
+  // Last resort when the launcher exits without stop(): IPC closing already stops the children,
+  // SIGTERM makes sure of it.
+  const killChildrenOnExit = () => {
+    for (const state of children.values()) state.child?.kill("SIGTERM");
+  };
+  process.on("exit", killChildrenOnExit);
+
+  const stopInfrastructure = async () => {
+    for (const server of ownedServers.reverse()) await server.stop().catch(() => {});
+    ownedServers.length = 0;
+  };
+
+  const spawnChild = (state: ChildState): Promise<void> => {
+    const child = spawn(process.execPath, [...nodeArgs, entryPoint(state.name)], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, ...state.env },
+      stdio: ["ignore", "pipe", "pipe", "ipc"],
+    });
+    state.child = child;
+    state.stopping = false;
+    if (options.logDir && !state.log) {
+      state.log = createWriteStream(path.join(options.logDir, `${state.name}.log`), { flags: "a" });
+    }
+    const forward = (terminal: NodeJS.WriteStream) => (chunk: Buffer) => {
+      state.tail.push(chunk);
+      if (state.log) state.log.write(chunk);
+      else terminal.write(chunk);
+    };
+    child.stdout?.on("data", forward(process.stdout));
+    child.stderr?.on("data", forward(process.stderr));
+
+    let exitReason: string | undefined;
+    state.closed = new Promise<void>((resolve) => {
+      child.once("close", (code, signal) => {
+        exitReason = describeExit(code, signal);
+        if (state.child === child) state.child = undefined;
+        resolve();
+      });
+      child.once("error", (err) => {
+        exitReason = `could not be started: ${err.message}`;
+        if (state.child === child) state.child = undefined;
+        resolve();
+      });
+    });
+
+    return new Promise<void>((resolve, reject) => {
+      let ready = false;
+      const failed = (why: string) => {
+        const tail = state.tail.text();
+        const where = options.logDir ? path.join(options.logDir, `${state.name}.log`) : "its output";
+        reject(new Error(`${state.name} ${why}${tail ? `; last lines of ${where}:\n${indent(tail)}` : ""}`));
+      };
+      const timer = setTimeout(() => {
+        if (ready) return;
+        failed(`did not report ready within ${readyTimeoutMs} ms`);
+        terminate(state).catch(() => {});
+      }, readyTimeoutMs);
+      child.on("message", (message: unknown) => {
+        if (ready || typeof message !== "object" || message === null) return;
+        const { ready: isReady, port } = message as { ready?: unknown; port?: unknown };
+        if (isReady !== true || typeof port !== "number") return;
+        ready = true;
+        clearTimeout(timer);
+        // A restart must come back on the same port: the gateway already points there.
+        state.port = port;
+        state.env[PORT_VARIABLES[state.name]] = String(port);
+        resolve();
+      });
+      state.closed?.then(() => {
+        clearTimeout(timer);
+        if (!ready) {
+          failed(`${exitReason ?? "exited"} before it was ready`);
+          return;
+        }
+        if (!state.stopping) {
+          const tail = state.tail.text();
+          report(
+            `flowplane: ${state.name} ${exitReason ?? "exited"} unexpectedly${tail ? `; last lines:\n${indent(tail)}` : ""}`,
+          );
+        }
+      });
+    });
+  };
+
+  const terminate = async (state: ChildState): Promise<void> => {
+    const child = state.child;
+    if (!child) return;
+    state.stopping = true;
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), stopTimeoutMs);
+      await state.closed;
+      clearTimeout(timer);
+    } else {
+      await state.closed;
+    }
+    state.child = undefined;
+  };
+
+  const stopChildren = async () => {
+    // The gateway first, so no request reaches a service that is already going away.
+    const gateway = children.get("gateway");
+    if (gateway) await terminate(gateway);
+    await Promise.all([...children.values()].map((state) => terminate(state)));
+    await Promise.all(
+      [...children.values()].map(
+        (state) => new Promise<void>((resolve) => (state.log ? state.log.end(resolve) : resolve())),
+      ),
+    );
+  };
+
+  let databaseUrl = nonEmpty(options.databaseUrl) ?? nonEmpty(process.env.DATABASE_URL);
+  let natsUrl = nonEmpty(options.natsUrl) ?? nonEmpty(process.env.NATS_URL);
+  try {
+    const [postgres, nats] = await Promise.allSettled([
+      databaseUrl ? undefined : startEmbeddedPostgres({ dataDir, replaceOrphan: true }),
+      natsUrl ? undefined : startNatsServer({ dataDir, replaceOrphan: true }),
+    ]);
+    // Keep whichever started so a failure of the other still stops it.
+    for (const result of [postgres, nats]) {
+      if (result?.status === "fulfilled" && result.value) ownedServers.push(result.value);
+    }
+    if (postgres?.status === "rejected") throw postgres.reason;
+    if (nats?.status === "rejected") throw nats.reason;
+    if (postgres?.value) {
+      databaseUrl = postgres.value.url;
+      report(`postgres: embedded, data in ${path.join(dataDir, "postgres")}, port ${postgres.value.port}`);
+    }
+    if (nats?.value) {
+      natsUrl = nats.value.url;
+      report(`nats: nats-server -js, data in ${path.join(dataDir, "nats")}, port ${nats.value.port}`);
+    }
+  } catch (err) {
+    await stopInfrastructure();
+    process.removeListener("exit", killChildrenOnExit);
+    await unlock();
+    throw err;
+  }
+  if (!databaseUrl || !natsUrl) throw new Error("unreachable: database and NATS URLs are set above");
+
+  const commonEnv: Record<string, string> = {
+    ...options.env,
+    DATABASE_URL: databaseUrl,
+    NATS_URL: natsUrl,
+    FLOWPLANE_NAMESPACE: namespace,
+    ...(options.logLevel ? { LOG_LEVEL: options.logLevel } : {}),
+  };
+  const newState = (name: ProcessName, env: Record<string, string>): ChildState => {
+    const state: ChildState = { name, env, tail: new OutputTail(), stopping: false };
+    children.set(name, state);
+    return state;
+  };
+  const urlOf = (name: ProcessName) => `http://127.0.0.1:${children.get(name)?.port}`;
+
+  try {
+    const started = await Promise.allSettled(
+      SERVICE_NAMES.map((name) =>
+        spawnChild(newState(name, { ...commonEnv, [PORT_VARIABLES[name]]: String(ports[name]) })),
+      ),
+    );
+    const failures = started.flatMap((result) => (result.status === "rejected" ? [result.reason] : []));
+    if (failures.length > 0) {
+      throw new Error(failures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"));
+    }
+    await spawnChild(
+      newState("gateway", {
+        ...commonEnv,
+        GATEWAY_PORT: String(ports.gateway),
+        AUTH_URL: urlOf("auth"),
+        EXECUTOR_URL: urlOf("executor"),
+        LOGS_URL: urlOf("logs"),
+        NOTIFIER_URL: urlOf("notifier"),
+      }),
+    );
+  } catch (err) {
+    await stopChildren();
+    await stopInfrastructure();
+    process.removeListener("exit", killChildrenOnExit);
+    await unlock();
+    throw err;
+  }
+
+  let stopping: Promise<void> | undefined;
+  const stateOf = (name: ProcessName): ChildState => {
+    const state = children.get(name);
+    if (!state) throw new Error(`unknown process ${name}; expected one of ${PROCESS_NAMES.join(", ")}`);
+    return state;
+  };
+  return {
+    gatewayUrl: urlOf("gateway"),
+    serviceUrls: {
+      auth: urlOf("auth"),
+      executor: urlOf("executor"),
+      logs: urlOf("logs"),
+      notifier: urlOf("notifier"),
+    },
+    databaseUrl,
+    natsUrl,
+    namespace,
+    dataDir,
+    pids() {
+      const out: Partial<Record<ProcessName, number>> = {};
+      for (const [name, state] of children) {
+        if (state.child?.pid !== undefined) out[name] = state.child.pid;
+      }
+      return out;
+    },
+    async stopProcess(name) {
+      await terminate(stateOf(name));
+    },
+    async startProcess(name) {
+      const state = stateOf(name);
+      if (stopping) throw new Error("the stack is stopping");
+      if (state.child) throw new Error(`${name} is already running (pid ${state.child.pid})`);
+      await spawnChild(state);
+    },
+    stop() {
+      stopping ??= (async () => {
+        await stopChildren();
+        await stopInfrastructure();
+        process.removeListener("exit", killChildrenOnExit);
+        await unlock();
+      })();
+      return stopping;
+    },
+  };
+}
