@@ -24,44 +24,10 @@ import {
   waitFor,
 } from "../test/helpers/infra.js";
 import { buildGateway } from "./app.js";
+import { demoWorkflowState } from "./cli/demo-workflow.js";
 import { createGatewayClients } from "./clients.js";
 
-/** The demo workflow of the shared product decisions. */
-const demoState = create(WorkflowStateSchema, {
-  blocks: {
-    start: {
-      id: "start",
-      type: "input",
-      name: "Input",
-      config: {
-        fields: [
-          { name: "First Name", type: "string", required: true },
-          { name: "Age", type: "number" },
-        ],
-      },
-    },
-    greet: {
-      id: "greet",
-      type: "function",
-      name: "Greet",
-      config: {
-        code: 'return { greeting: "Hello " + input["First Name"], nextAge: (input.Age ?? 0) + 1 };',
-      },
-    },
-    out_greeting: {
-      id: "out_greeting",
-      type: "output",
-      name: "Greeting",
-      config: { value: "blocks.greet.greeting" },
-    },
-    out_age: { id: "out_age", type: "output", name: "Next Age", config: { value: "blocks.greet.nextAge" } },
-  },
-  edges: [
-    { id: "e1", source: "start", target: "greet" },
-    { id: "e2", source: "greet", target: "out_greeting" },
-    { id: "e3", source: "greet", target: "out_age" },
-  ],
-});
+const demoState = demoWorkflowState();
 
 interface Answer {
   status: number;
