@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowplane/auth/v1/auth.proto.
  */
 export const file_flowplane_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCL3AgoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQFCDQoLX2V4cGlyZXNfYXRCDwoNX2xhc3RfdXNlZF9hdCKpAQoJUHJpbmNpcGFsEhEKCXRlbmFudF9pZBgBIAEoCRIQCgh0b2tlbl9pZBgCIAEoCRIqCgRraW5kGAMgASgOMhwuZmxvd3BsYW5lLmF1dGgudjEuVG9rZW5LaW5kEg4KBnNjb3BlcxgEIAMoCRIUCgx3b3JrZmxvd19pZHMYBSADKAkSJQoEcGxhbhgGIAEoDjIXLmZsb3dwbGFuZS5hdXRoLnYxLlBsYW4iSAoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCSJEChFBdXRob3JpemVSZXNwb25zZRIvCglwcmluY2lwYWwYASABKAsyHC5mbG93cGxhbmUuYXV0aC52MS5QcmluY2lwYWwi8AEKEkNyZWF0ZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuS2luZBIMCgRuYW1lGAMgASgJEg8KB3B1cnBvc2UYBCABKAkSDgoGc2NvcGVzGAUgAygJEhQKDHdvcmtmbG93X2lkcxgGIAMoCRIzCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAiAEBEhIKCmNyZWF0ZWRfYnkYCCABKAlCDQoLX2V4cGlyZXNfYXQiTgoTQ3JlYXRlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSJKChNDcmVhdGVUZW5hbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJQoEcGxhbhgCIAEoDjIXLmZsb3dwbGFuZS5hdXRoLnYxLlBsYW4iQQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuVGVuYW50KlEKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQVE9LRU5fS0lORF9BRE1JThABEhIKDlRPS0VOX0tJTkRfQVBQEAIqXQoEUGxhbhIUChBQTEFOX1VOU1BFQ0lGSUVEEAASDQoJUExBTl9GUkVFEAESDAoIUExBTl9QUk8QAhINCglQTEFOX1RFQU0QAxITCg9QTEFOX0VOVEVSUFJJU0UQBDLDAQoLQXV0aFNlcnZpY2USVgoJQXV0aG9yaXplEiMuZmxvd3BsYW5lLmF1dGgudjEuQXV0aG9yaXplUmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkF1dGhvcml6ZVJlc3BvbnNlElwKC0NyZWF0ZVRva2VuEiUuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiYuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXNwb25zZTJwCg1UZW5hbnRTZXJ2aWNlEl8KDENyZWF0ZVRlbmFudBImLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJy5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUZW5hbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLbBQoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQESMwoKcmV2b2tlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAogBARIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYDiABKAVIA4gBARIgChNleHBpcnlfd2FybmluZ19kYXlzGA8gASgFSASIAQESMwoKcm90YXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBYgBARJDChpwcmV2aW91c19zZWNyZXRfZXhwaXJlc19hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBogBAUINCgtfZXhwaXJlc19hdEIPCg1fbGFzdF91c2VkX2F0Qg0KC19yZXZva2VkX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXNCDQoLX3JvdGF0ZWRfYXRCHQobX3ByZXZpb3VzX3NlY3JldF9leHBpcmVzX2F0IqkBCglQcmluY2lwYWwSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDgoGc2NvcGVzGAQgAygJEhQKDHdvcmtmbG93X2lkcxgFIAMoCRIlCgRwbGFuGAYgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbiKUAQoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCRIyCgZidWNrZXQYBCABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQSFgoOaW5jbHVkZV9saW1pdHMYBSABKAgilwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBmJ1Y2tldBgBIAEoCRIsCghyZXRyeV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKAMSLAoDYXBpGAQgASgLMh8uZmxvd3BsYW5lLmF1dGgudjEuQXBpUmF0ZUxpbWl0Im8KEUF1dGhvcml6ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLmZsb3dwbGFuZS5hdXRoLnYxLlByaW5jaXBhbBIpCgZsaW1pdHMYAiABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMifAoMQXBpUmF0ZUxpbWl0EhgKEGxpbWl0X3Blcl9taW51dGUYASABKAUSEQoJbWF4X2J1cnN0GAIgASgFEhEKCXJlbWFpbmluZxgDIAEoBRIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKEkV4ZWN1dGlvblJhdGVMaW1pdBIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgFEhEKCW1heF9idXJzdBgCIAEoBRIRCglyZW1haW5pbmcYAyABKAUSLAoIcmVzZXRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChpXb3JrZmxvd0V4ZWN1dGlvblJhdGVMaW1pdBIzCgRzeW5jGAEgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0EjQKBWFzeW5jGAIgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0IrgBCgVVc2FnZRIbChNjdXJyZW50X3BlcmlvZF9jb3N0GAEgASgBEg0KBWxpbWl0GAIgASgBEgwKBHBsYW4YAyABKAkSEwoLaXNfZXhjZWVkZWQYBCABKAgSMAoMcGVyaW9kX3N0YXJ0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK1AQoGTGltaXRzEiwKA2FwaRgBIAEoCzIfLmZsb3dwbGFuZS5hdXRoLnYxLkFwaVJhdGVMaW1pdBJUCh13b3JrZmxvd19leGVjdXRpb25fcmF0ZV9saW1pdBgCIAEoCzItLmZsb3dwbGFuZS5hdXRoLnYxLldvcmtmbG93RXhlY3V0aW9uUmF0ZUxpbWl0EicKBXVzYWdlGAMgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVXNhZ2UiJQoQR2V0TGltaXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPgoRR2V0TGltaXRzUmVzcG9uc2USKQoGbGltaXRzGAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuTGltaXRzIpMBCgpUb2tlbkV2ZW50EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCgh0b2tlbl9pZBgDIAEoCRINCgVhY3RvchgEIAEoCRINCgVldmVudBgFIAEoCRIOCgZyZWFzb24YBiABKAkSJgoCYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkUKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRINCgVsaW1pdBgCIAEoBRIOCgZjdXJzb3IYAyABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEigKBnRva2VucxgBIAMoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEhMKC25leHRfY3Vyc29yGAIgASgJIjAKD0dldFRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAkiOwoQR2V0VG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuImAKElJvdGF0ZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAkSHAoUZ3JhY2VfcGVyaW9kX3NlY29uZHMYAyABKAUSDQoFYWN0b3IYBCABKAkiTgoTUm90YXRlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSJSChJSZXZva2VUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCSI+ChNSZXZva2VUb2tlblJlc3BvbnNlEicKBXRva2VuGAEgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4iXAoWTGlzdFRva2VuRXZlbnRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIdG9rZW5faWQYAiABKAkSDQoFbGltaXQYAyABKAUSDgoGY3Vyc29yGAQgASgJIl0KF0xpc3RUb2tlbkV2ZW50c1Jlc3BvbnNlEi0KBmV2ZW50cxgBIAMoCzIdLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuRXZlbnQSEwoLbmV4dF9jdXJzb3IYAiABKAki6AIKEkNyZWF0ZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuS2luZBIMCgRuYW1lGAMgASgJEg8KB3B1cnBvc2UYBCABKAkSDgoGc2NvcGVzGAUgAygJEhQKDHdvcmtmbG93X2lkcxgGIAMoCRIzCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAiAEBEhIKCmNyZWF0ZWRfYnkYCCABKAkSIgoVcmF0ZV9saW1pdF9wZXJfbWludXRlGAkgASgFSAGIAQESIAoTZXhwaXJ5X3dhcm5pbmdfZGF5cxgKIAEoBUgCiAEBQg0KC19leHBpcmVzX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXMiTgoTQ3JlYXRlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSJ5ChNDcmVhdGVUZW5hbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJQoEcGxhbhgCIAEoDjIXLmZsb3dwbGFuZS5hdXRoLnYxLlBsYW4SGQoRaXNzdWVfYWRtaW5fdG9rZW4YAyABKAgSEgoKY3JlYXRlZF9ieRgEIAEoCSKGAQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuVGVuYW50Ei0KC2FkbWluX3Rva2VuGAIgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4SFAoMYWRtaW5fc2VjcmV0GAMgASgJIh4KEEdldFRlbmFudFJlcXVlc3QSCgoCaWQYASABKAkiPgoRR2V0VGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuVGVuYW50KmoKD0V4ZWN1dGlvbkJ1Y2tldBIgChxFWEVDVVRJT05fQlVDS0VUX1VOU1BFQ0lGSUVEEAASGQoVRVhFQ1VUSU9OX0JVQ0tFVF9TWU5DEAESGgoWRVhFQ1VUSU9OX0JVQ0tFVF9BU1lOQxACKlEKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQVE9LRU5fS0lORF9BRE1JThABEhIKDlRPS0VOX0tJTkRfQVBQEAIqXQoEUGxhbhIUChBQTEFOX1VOU1BFQ0lGSUVEEAASDQoJUExBTl9GUkVFEAESDAoIUExBTl9QUk8QAhINCglQTEFOX1RFQU0QAxITCg9QTEFOX0VOVEVSUFJJU0UQBDLxBQoLQXV0aFNlcnZpY2USVgoJQXV0aG9yaXplEiMuZmxvd3BsYW5lLmF1dGgudjEuQXV0aG9yaXplUmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkF1dGhvcml6ZVJlc3BvbnNlElwKC0NyZWF0ZVRva2VuEiUuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiYuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXNwb25zZRJWCglHZXRMaW1pdHMSIy5mbG93cGxhbmUuYXV0aC52MS5HZXRMaW1pdHNSZXF1ZXN0GiQuZmxvd3BsYW5lLmF1dGgudjEuR2V0TGltaXRzUmVzcG9uc2USWQoKTGlzdFRva2VucxIkLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiUuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElMKCEdldFRva2VuEiIuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXF1ZXN0GiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXNwb25zZRJcCgtSb3RhdGVUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2USXAoLUmV2b2tlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlc3BvbnNlEmgKD0xpc3RUb2tlbkV2ZW50cxIpLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QaKi5mbG93cGxhbmUuYXV0aC52MS5MaXN0VG9rZW5FdmVudHNSZXNwb25zZTLIAQoNVGVuYW50U2VydmljZRJfCgxDcmVhdGVUZW5hbnQSJi5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUZW5hbnRSZXF1ZXN0GicuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVGVuYW50UmVzcG9uc2USVgoJR2V0VGVuYW50EiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VGVuYW50UmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkdldFRlbmFudFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flowplane.auth.v1.Tenant
@@ -124,6 +124,37 @@ export type Token = Message<"flowplane.auth.v1.Token"> & {
    * @generated from field: optional google.protobuf.Timestamp last_used_at = 12;
    */
   lastUsedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: optional google.protobuf.Timestamp revoked_at = 13;
+   */
+  revokedAt?: Timestamp | undefined;
+
+  /**
+   * A per-token API-call limit, narrower than the plan's: requests per minute, also the burst.
+   *
+   * @generated from field: optional int32 rate_limit_per_minute = 14;
+   */
+  rateLimitPerMinute?: number | undefined;
+
+  /**
+   * When set, a token.expiring event is published this many days before expires_at.
+   *
+   * @generated from field: optional int32 expiry_warning_days = 15;
+   */
+  expiryWarningDays?: number | undefined;
+
+  /**
+   * @generated from field: optional google.protobuf.Timestamp rotated_at = 16;
+   */
+  rotatedAt?: Timestamp | undefined;
+
+  /**
+   * Until when the secret replaced by the last rotation still works; absent when it no longer does.
+   *
+   * @generated from field: optional google.protobuf.Timestamp previous_secret_expires_at = 17;
+   */
+  previousSecretExpiresAt?: Timestamp | undefined;
 };
 
 /**
@@ -201,6 +232,24 @@ export type AuthorizeRequest = Message<"flowplane.auth.v1.AuthorizeRequest"> & {
    * @generated from field: string resource_id = 3;
    */
   resourceId: string;
+
+  /**
+   * The execution bucket to consume one token from (besides the API-call bucket). With SYNC or
+   * ASYNC, a tenant over its billing-period usage limit is refused with FAILED_PRECONDITION
+   * "insufficient credits".
+   *
+   * @generated from field: flowplane.auth.v1.ExecutionBucket bucket = 4;
+   */
+  bucket: ExecutionBucket;
+
+  /**
+   * When set, the response's limits also carry both execution buckets and the usage (for responses
+   * that show the seed's `limits` block); otherwise only the API-call bucket (and the consumed
+   * execution bucket) are filled in.
+   *
+   * @generated from field: bool include_limits = 5;
+   */
+  includeLimits: boolean;
 };
 
 /**
@@ -211,6 +260,48 @@ export const AuthorizeRequestSchema: GenMessage<AuthorizeRequest> = /*@__PURE__*
   messageDesc(file_flowplane_auth_v1_auth, 3);
 
 /**
+ * Authorize refusals with RESOURCE_EXHAUSTED carry this message as an error detail.
+ *
+ * @generated from message flowplane.auth.v1.RateLimitExceeded
+ */
+export type RateLimitExceeded = Message<"flowplane.auth.v1.RateLimitExceeded"> & {
+  /**
+   * "api", "token", "sync" or "async": the bucket that was empty.
+   *
+   * @generated from field: string bucket = 1;
+   */
+  bucket: string;
+
+  /**
+   * When one token will be available again.
+   *
+   * @generated from field: google.protobuf.Timestamp retry_at = 2;
+   */
+  retryAt?: Timestamp | undefined;
+
+  /**
+   * Milliseconds from the refusal to retry_at, rounded up.
+   *
+   * @generated from field: int64 retry_after_ms = 3;
+   */
+  retryAfterMs: bigint;
+
+  /**
+   * The API-call bucket as it stands (X-RateLimit-* headers).
+   *
+   * @generated from field: flowplane.auth.v1.ApiRateLimit api = 4;
+   */
+  api?: ApiRateLimit | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.RateLimitExceeded.
+ * Use `create(RateLimitExceededSchema)` to create a new message.
+ */
+export const RateLimitExceededSchema: GenMessage<RateLimitExceeded> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 4);
+
+/**
  * @generated from message flowplane.auth.v1.AuthorizeResponse
  */
 export type AuthorizeResponse = Message<"flowplane.auth.v1.AuthorizeResponse"> & {
@@ -218,6 +309,13 @@ export type AuthorizeResponse = Message<"flowplane.auth.v1.AuthorizeResponse"> &
    * @generated from field: flowplane.auth.v1.Principal principal = 1;
    */
   principal?: Principal | undefined;
+
+  /**
+   * State after this request's consumption.
+   *
+   * @generated from field: flowplane.auth.v1.Limits limits = 2;
+   */
+  limits?: Limits | undefined;
 };
 
 /**
@@ -225,7 +323,535 @@ export type AuthorizeResponse = Message<"flowplane.auth.v1.AuthorizeResponse"> &
  * Use `create(AuthorizeResponseSchema)` to create a new message.
  */
 export const AuthorizeResponseSchema: GenMessage<AuthorizeResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 4);
+  messageDesc(file_flowplane_auth_v1_auth, 5);
+
+/**
+ * The API-call bucket (seed 002 X-RateLimit-* headers). When the token has its own, narrower limit,
+ * this is whichever of the tenant's and the token's buckets has fewer tokens left.
+ *
+ * @generated from message flowplane.auth.v1.ApiRateLimit
+ */
+export type ApiRateLimit = Message<"flowplane.auth.v1.ApiRateLimit"> & {
+  /**
+   * X-RateLimit-Limit: refill rate per minute.
+   *
+   * @generated from field: int32 limit_per_minute = 1;
+   */
+  limitPerMinute: number;
+
+  /**
+   * @generated from field: int32 max_burst = 2;
+   */
+  maxBurst: number;
+
+  /**
+   * X-RateLimit-Remaining: whole tokens available now.
+   *
+   * @generated from field: int32 remaining = 3;
+   */
+  remaining: number;
+
+  /**
+   * X-RateLimit-Reset: when the next token is added (now when the bucket is full).
+   *
+   * @generated from field: google.protobuf.Timestamp reset_at = 4;
+   */
+  resetAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ApiRateLimit.
+ * Use `create(ApiRateLimitSchema)` to create a new message.
+ */
+export const ApiRateLimitSchema: GenMessage<ApiRateLimit> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 6);
+
+/**
+ * One workflow-execution bucket (seed 002 limits.workflowExecutionRateLimit.sync / async).
+ *
+ * @generated from message flowplane.auth.v1.ExecutionRateLimit
+ */
+export type ExecutionRateLimit = Message<"flowplane.auth.v1.ExecutionRateLimit"> & {
+  /**
+   * @generated from field: int32 requests_per_minute = 1;
+   */
+  requestsPerMinute: number;
+
+  /**
+   * @generated from field: int32 max_burst = 2;
+   */
+  maxBurst: number;
+
+  /**
+   * @generated from field: int32 remaining = 3;
+   */
+  remaining: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp reset_at = 4;
+   */
+  resetAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ExecutionRateLimit.
+ * Use `create(ExecutionRateLimitSchema)` to create a new message.
+ */
+export const ExecutionRateLimitSchema: GenMessage<ExecutionRateLimit> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 7);
+
+/**
+ * @generated from message flowplane.auth.v1.WorkflowExecutionRateLimit
+ */
+export type WorkflowExecutionRateLimit = Message<"flowplane.auth.v1.WorkflowExecutionRateLimit"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.ExecutionRateLimit sync = 1;
+   */
+  sync?: ExecutionRateLimit | undefined;
+
+  /**
+   * @generated from field: flowplane.auth.v1.ExecutionRateLimit async = 2;
+   */
+  async?: ExecutionRateLimit | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.WorkflowExecutionRateLimit.
+ * Use `create(WorkflowExecutionRateLimitSchema)` to create a new message.
+ */
+export const WorkflowExecutionRateLimitSchema: GenMessage<WorkflowExecutionRateLimit> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 8);
+
+/**
+ * Billing-period usage (seed 002 limits.usage).
+ *
+ * @generated from message flowplane.auth.v1.Usage
+ */
+export type Usage = Message<"flowplane.auth.v1.Usage"> & {
+  /**
+   * USD spent on executions completed in the current period.
+   *
+   * @generated from field: double current_period_cost = 1;
+   */
+  currentPeriodCost: number;
+
+  /**
+   * The plan's limit per period, USD.
+   *
+   * @generated from field: double limit = 2;
+   */
+  limit: number;
+
+  /**
+   * Lower-case plan name as the REST contract shows it: free, pro, team, enterprise.
+   *
+   * @generated from field: string plan = 3;
+   */
+  plan: string;
+
+  /**
+   * @generated from field: bool is_exceeded = 4;
+   */
+  isExceeded: boolean;
+
+  /**
+   * The period: a calendar month in UTC.
+   *
+   * @generated from field: google.protobuf.Timestamp period_start = 5;
+   */
+  periodStart?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp period_end = 6;
+   */
+  periodEnd?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.Usage.
+ * Use `create(UsageSchema)` to create a new message.
+ */
+export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 9);
+
+/**
+ * @generated from message flowplane.auth.v1.Limits
+ */
+export type Limits = Message<"flowplane.auth.v1.Limits"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.ApiRateLimit api = 1;
+   */
+  api?: ApiRateLimit | undefined;
+
+  /**
+   * @generated from field: flowplane.auth.v1.WorkflowExecutionRateLimit workflow_execution_rate_limit = 2;
+   */
+  workflowExecutionRateLimit?: WorkflowExecutionRateLimit | undefined;
+
+  /**
+   * @generated from field: flowplane.auth.v1.Usage usage = 3;
+   */
+  usage?: Usage | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.Limits.
+ * Use `create(LimitsSchema)` to create a new message.
+ */
+export const LimitsSchema: GenMessage<Limits> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 10);
+
+/**
+ * @generated from message flowplane.auth.v1.GetLimitsRequest
+ */
+export type GetLimitsRequest = Message<"flowplane.auth.v1.GetLimitsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetLimitsRequest.
+ * Use `create(GetLimitsRequestSchema)` to create a new message.
+ */
+export const GetLimitsRequestSchema: GenMessage<GetLimitsRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 11);
+
+/**
+ * @generated from message flowplane.auth.v1.GetLimitsResponse
+ */
+export type GetLimitsResponse = Message<"flowplane.auth.v1.GetLimitsResponse"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.Limits limits = 1;
+   */
+  limits?: Limits | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetLimitsResponse.
+ * Use `create(GetLimitsResponseSchema)` to create a new message.
+ */
+export const GetLimitsResponseSchema: GenMessage<GetLimitsResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 12);
+
+/**
+ * An audit record of a token.
+ *
+ * @generated from message flowplane.auth.v1.TokenEvent
+ */
+export type TokenEvent = Message<"flowplane.auth.v1.TokenEvent"> & {
+  /**
+   * "evt_…".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string tenant_id = 2;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string token_id = 3;
+   */
+  tokenId: string;
+
+  /**
+   * Token id of whoever acted, "operator", or "system" (expiry).
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+
+  /**
+   * created, rotated, revoked, expired, grace_ended, refused_unauthenticated, refused_permission.
+   *
+   * @generated from field: string event = 5;
+   */
+  event: string;
+
+  /**
+   * @generated from field: string reason = 6;
+   */
+  reason: string;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp at = 7;
+   */
+  at?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.TokenEvent.
+ * Use `create(TokenEventSchema)` to create a new message.
+ */
+export const TokenEventSchema: GenMessage<TokenEvent> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 13);
+
+/**
+ * @generated from message flowplane.auth.v1.ListTokensRequest
+ */
+export type ListTokensRequest = Message<"flowplane.auth.v1.ListTokensRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * 1..1000; 0 means 100.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+
+  /**
+   * next_cursor of the previous page.
+   *
+   * @generated from field: string cursor = 3;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ListTokensRequest.
+ * Use `create(ListTokensRequestSchema)` to create a new message.
+ */
+export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 14);
+
+/**
+ * @generated from message flowplane.auth.v1.ListTokensResponse
+ */
+export type ListTokensResponse = Message<"flowplane.auth.v1.ListTokensResponse"> & {
+  /**
+   * @generated from field: repeated flowplane.auth.v1.Token tokens = 1;
+   */
+  tokens: Token[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ListTokensResponse.
+ * Use `create(ListTokensResponseSchema)` to create a new message.
+ */
+export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 15);
+
+/**
+ * @generated from message flowplane.auth.v1.GetTokenRequest
+ */
+export type GetTokenRequest = Message<"flowplane.auth.v1.GetTokenRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string id = 2;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetTokenRequest.
+ * Use `create(GetTokenRequestSchema)` to create a new message.
+ */
+export const GetTokenRequestSchema: GenMessage<GetTokenRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 16);
+
+/**
+ * @generated from message flowplane.auth.v1.GetTokenResponse
+ */
+export type GetTokenResponse = Message<"flowplane.auth.v1.GetTokenResponse"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.Token token = 1;
+   */
+  token?: Token | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetTokenResponse.
+ * Use `create(GetTokenResponseSchema)` to create a new message.
+ */
+export const GetTokenResponseSchema: GenMessage<GetTokenResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 17);
+
+/**
+ * @generated from message flowplane.auth.v1.RotateTokenRequest
+ */
+export type RotateTokenRequest = Message<"flowplane.auth.v1.RotateTokenRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * 0 to 30 days; 0 stops the previous secret at once.
+   *
+   * @generated from field: int32 grace_period_seconds = 3;
+   */
+  gracePeriodSeconds: number;
+
+  /**
+   * Token id of the caller, checked like CreateToken's created_by; empty for an operator.
+   *
+   * @generated from field: string actor = 4;
+   */
+  actor: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.RotateTokenRequest.
+ * Use `create(RotateTokenRequestSchema)` to create a new message.
+ */
+export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 18);
+
+/**
+ * @generated from message flowplane.auth.v1.RotateTokenResponse
+ */
+export type RotateTokenResponse = Message<"flowplane.auth.v1.RotateTokenResponse"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.Token token = 1;
+   */
+  token?: Token | undefined;
+
+  /**
+   * The new full key; shown only here.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.RotateTokenResponse.
+ * Use `create(RotateTokenResponseSchema)` to create a new message.
+ */
+export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 19);
+
+/**
+ * @generated from message flowplane.auth.v1.RevokeTokenRequest
+ */
+export type RevokeTokenRequest = Message<"flowplane.auth.v1.RevokeTokenRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string id = 2;
+   */
+  id: string;
+
+  /**
+   * Token id of the caller; empty for an operator.
+   *
+   * @generated from field: string actor = 3;
+   */
+  actor: string;
+
+  /**
+   * @generated from field: string reason = 4;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.RevokeTokenRequest.
+ * Use `create(RevokeTokenRequestSchema)` to create a new message.
+ */
+export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 20);
+
+/**
+ * @generated from message flowplane.auth.v1.RevokeTokenResponse
+ */
+export type RevokeTokenResponse = Message<"flowplane.auth.v1.RevokeTokenResponse"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.Token token = 1;
+   */
+  token?: Token | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.RevokeTokenResponse.
+ * Use `create(RevokeTokenResponseSchema)` to create a new message.
+ */
+export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 21);
+
+/**
+ * @generated from message flowplane.auth.v1.ListTokenEventsRequest
+ */
+export type ListTokenEventsRequest = Message<"flowplane.auth.v1.ListTokenEventsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string token_id = 2;
+   */
+  tokenId: string;
+
+  /**
+   * 1..1000; 0 means 100.
+   *
+   * @generated from field: int32 limit = 3;
+   */
+  limit: number;
+
+  /**
+   * next_cursor of the previous page.
+   *
+   * @generated from field: string cursor = 4;
+   */
+  cursor: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ListTokenEventsRequest.
+ * Use `create(ListTokenEventsRequestSchema)` to create a new message.
+ */
+export const ListTokenEventsRequestSchema: GenMessage<ListTokenEventsRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 22);
+
+/**
+ * @generated from message flowplane.auth.v1.ListTokenEventsResponse
+ */
+export type ListTokenEventsResponse = Message<"flowplane.auth.v1.ListTokenEventsResponse"> & {
+  /**
+   * @generated from field: repeated flowplane.auth.v1.TokenEvent events = 1;
+   */
+  events: TokenEvent[];
+
+  /**
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ListTokenEventsResponse.
+ * Use `create(ListTokenEventsResponseSchema)` to create a new message.
+ */
+export const ListTokenEventsResponseSchema: GenMessage<ListTokenEventsResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 23);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenRequest
@@ -272,6 +898,20 @@ export type CreateTokenRequest = Message<"flowplane.auth.v1.CreateTokenRequest">
    * @generated from field: string created_by = 8;
    */
   createdBy: string;
+
+  /**
+   * Optional per-token API-call limit (requests per minute, also its burst); at most the plan's.
+   *
+   * @generated from field: optional int32 rate_limit_per_minute = 9;
+   */
+  rateLimitPerMinute?: number | undefined;
+
+  /**
+   * Optional: publish token.expiring this many days before expires_at (needs expires_at).
+   *
+   * @generated from field: optional int32 expiry_warning_days = 10;
+   */
+  expiryWarningDays?: number | undefined;
 };
 
 /**
@@ -279,7 +919,7 @@ export type CreateTokenRequest = Message<"flowplane.auth.v1.CreateTokenRequest">
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 5);
+  messageDesc(file_flowplane_auth_v1_auth, 24);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenResponse
@@ -303,7 +943,7 @@ export type CreateTokenResponse = Message<"flowplane.auth.v1.CreateTokenResponse
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 6);
+  messageDesc(file_flowplane_auth_v1_auth, 25);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantRequest
@@ -320,6 +960,20 @@ export type CreateTenantRequest = Message<"flowplane.auth.v1.CreateTenantRequest
    * @generated from field: flowplane.auth.v1.Plan plan = 2;
    */
   plan: Plan;
+
+  /**
+   * When true, an admin token for the new workspace is created with it (same transaction).
+   *
+   * @generated from field: bool issue_admin_token = 3;
+   */
+  issueAdminToken: boolean;
+
+  /**
+   * Token id of the caller, recorded as the admin token's creator; empty for an operator.
+   *
+   * @generated from field: string created_by = 4;
+   */
+  createdBy: string;
 };
 
 /**
@@ -327,7 +981,7 @@ export type CreateTenantRequest = Message<"flowplane.auth.v1.CreateTenantRequest
  * Use `create(CreateTenantRequestSchema)` to create a new message.
  */
 export const CreateTenantRequestSchema: GenMessage<CreateTenantRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 7);
+  messageDesc(file_flowplane_auth_v1_auth, 26);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantResponse
@@ -337,6 +991,20 @@ export type CreateTenantResponse = Message<"flowplane.auth.v1.CreateTenantRespon
    * @generated from field: flowplane.auth.v1.Tenant tenant = 1;
    */
   tenant?: Tenant | undefined;
+
+  /**
+   * Present when issue_admin_token was set.
+   *
+   * @generated from field: flowplane.auth.v1.Token admin_token = 2;
+   */
+  adminToken?: Token | undefined;
+
+  /**
+   * The admin token's full key; shown only here.
+   *
+   * @generated from field: string admin_secret = 3;
+   */
+  adminSecret: string;
 };
 
 /**
@@ -344,7 +1012,75 @@ export type CreateTenantResponse = Message<"flowplane.auth.v1.CreateTenantRespon
  * Use `create(CreateTenantResponseSchema)` to create a new message.
  */
 export const CreateTenantResponseSchema: GenMessage<CreateTenantResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 8);
+  messageDesc(file_flowplane_auth_v1_auth, 27);
+
+/**
+ * @generated from message flowplane.auth.v1.GetTenantRequest
+ */
+export type GetTenantRequest = Message<"flowplane.auth.v1.GetTenantRequest"> & {
+  /**
+   * @generated from field: string id = 1;
+   */
+  id: string;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetTenantRequest.
+ * Use `create(GetTenantRequestSchema)` to create a new message.
+ */
+export const GetTenantRequestSchema: GenMessage<GetTenantRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 28);
+
+/**
+ * @generated from message flowplane.auth.v1.GetTenantResponse
+ */
+export type GetTenantResponse = Message<"flowplane.auth.v1.GetTenantResponse"> & {
+  /**
+   * @generated from field: flowplane.auth.v1.Tenant tenant = 1;
+   */
+  tenant?: Tenant | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.GetTenantResponse.
+ * Use `create(GetTenantResponseSchema)` to create a new message.
+ */
+export const GetTenantResponseSchema: GenMessage<GetTenantResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 29);
+
+/**
+ * Which workflow-execution bucket a request consumes, besides the API-call bucket.
+ *
+ * @generated from enum flowplane.auth.v1.ExecutionBucket
+ */
+export enum ExecutionBucket {
+  /**
+   * None: only the API-call bucket is consumed.
+   *
+   * @generated from enum value: EXECUTION_BUCKET_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Synchronous executions (POST /api/executeWorkflow).
+   *
+   * @generated from enum value: EXECUTION_BUCKET_SYNC = 1;
+   */
+  SYNC = 1,
+
+  /**
+   * Background executions (POST /api/executeWorkflowBackground).
+   *
+   * @generated from enum value: EXECUTION_BUCKET_ASYNC = 2;
+   */
+  ASYNC = 2,
+}
+
+/**
+ * Describes the enum flowplane.auth.v1.ExecutionBucket.
+ */
+export const ExecutionBucketSchema: GenEnum<ExecutionBucket> = /*@__PURE__*/
+  enumDesc(file_flowplane_auth_v1_auth, 0);
 
 /**
  * @generated from enum flowplane.auth.v1.TokenKind
@@ -374,7 +1110,7 @@ export enum TokenKind {
  * Describes the enum flowplane.auth.v1.TokenKind.
  */
 export const TokenKindSchema: GenEnum<TokenKind> = /*@__PURE__*/
-  enumDesc(file_flowplane_auth_v1_auth, 0);
+  enumDesc(file_flowplane_auth_v1_auth, 1);
 
 /**
  * @generated from enum flowplane.auth.v1.Plan
@@ -410,7 +1146,7 @@ export enum Plan {
  * Describes the enum flowplane.auth.v1.Plan.
  */
 export const PlanSchema: GenEnum<Plan> = /*@__PURE__*/
-  enumDesc(file_flowplane_auth_v1_auth, 1);
+  enumDesc(file_flowplane_auth_v1_auth, 2);
 
 /**
  * @generated from service flowplane.auth.v1.AuthService
@@ -441,6 +1177,71 @@ export const AuthService: GenService<{
     input: typeof CreateTokenRequestSchema;
     output: typeof CreateTokenResponseSchema;
   },
+  /**
+   * GetLimits reports a tenant's rate-limit buckets and billing-period usage without consuming
+   * anything. NOT_FOUND for an unknown tenant.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.GetLimits
+   */
+  getLimits: {
+    methodKind: "unary";
+    input: typeof GetLimitsRequestSchema;
+    output: typeof GetLimitsResponseSchema;
+  },
+  /**
+   * ListTokens lists a tenant's tokens (revoked ones included), oldest first. Never returns secrets.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.ListTokens
+   */
+  listTokens: {
+    methodKind: "unary";
+    input: typeof ListTokensRequestSchema;
+    output: typeof ListTokensResponseSchema;
+  },
+  /**
+   * GetToken returns one token of the tenant; NOT_FOUND for an id of another tenant.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.GetToken
+   */
+  getToken: {
+    methodKind: "unary";
+    input: typeof GetTokenRequestSchema;
+    output: typeof GetTokenResponseSchema;
+  },
+  /**
+   * RotateToken issues a new secret for a token. The previous secret keeps working for
+   * `grace_period_seconds` (0: it stops at once), then stops. The caller (`actor`) needs the same
+   * rights as for creating the token: no escalation.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.RotateToken
+   */
+  rotateToken: {
+    methodKind: "unary";
+    input: typeof RotateTokenRequestSchema;
+    output: typeof RotateTokenResponseSchema;
+  },
+  /**
+   * RevokeToken stops a token (and any secret still in a rotation grace) at once; every replica
+   * refuses it within a second. Revoking a revoked token answers it unchanged.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.RevokeToken
+   */
+  revokeToken: {
+    methodKind: "unary";
+    input: typeof RevokeTokenRequestSchema;
+    output: typeof RevokeTokenResponseSchema;
+  },
+  /**
+   * ListTokenEvents returns a token's audit trail (create, rotate, revoke, expire, refusals),
+   * oldest first.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.ListTokenEvents
+   */
+  listTokenEvents: {
+    methodKind: "unary";
+    input: typeof ListTokenEventsRequestSchema;
+    output: typeof ListTokenEventsResponseSchema;
+  },
 }> = /*@__PURE__*/
   serviceDesc(file_flowplane_auth_v1_auth, 0);
 
@@ -457,6 +1258,16 @@ export const TenantService: GenService<{
     methodKind: "unary";
     input: typeof CreateTenantRequestSchema;
     output: typeof CreateTenantResponseSchema;
+  },
+  /**
+   * GetTenant returns a workspace; NOT_FOUND when it does not exist.
+   *
+   * @generated from rpc flowplane.auth.v1.TenantService.GetTenant
+   */
+  getTenant: {
+    methodKind: "unary";
+    input: typeof GetTenantRequestSchema;
+    output: typeof GetTenantResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flowplane_auth_v1_auth, 1);

@@ -9,6 +9,8 @@ import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegen
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { ExecutionStatus, Trigger, WorkflowState } from "../../events/v1/execution_pb.js";
 import { file_flowplane_events_v1_execution } from "../../events/v1/execution_pb.js";
+import type { LiveEvent } from "../../events/v1/run_pb.js";
+import { file_flowplane_events_v1_run } from "../../events/v1/run_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { JsonObject, Message } from "@bufbuild/protobuf";
@@ -17,7 +19,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flowplane/executor/v1/executor.proto.
  */
 export const file_flowplane_executor_v1_executor: GenFile = /*@__PURE__*/
-  fileDesc("CiRmbG93cGxhbmUvZXhlY3V0b3IvdjEvZXhlY3V0b3IucHJvdG8SFWZsb3dwbGFuZS5leGVjdXRvci52MSKUAQoIV29ya2Zsb3cSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSFgoObGF0ZXN0X3ZlcnNpb24YBSABKAUSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAimgEKD1dvcmtmbG93VmVyc2lvbhITCgt3b3JrZmxvd19pZBgBIAEoCRIPCgd2ZXJzaW9uGAIgASgFEjEKBXN0YXRlGAMgASgLMiIuZmxvd3BsYW5lLmV2ZW50cy52MS5Xb3JrZmxvd1N0YXRlEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIo8BChVDcmVhdGVXb3JrZmxvd1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgwKBG5hbWUYAiABKAkSEwoLZGVzY3JpcHRpb24YAyABKAkSNgoFc3RhdGUYBCABKAsyIi5mbG93cGxhbmUuZXZlbnRzLnYxLldvcmtmbG93U3RhdGVIAIgBAUIICgZfc3RhdGUilQEKFkNyZWF0ZVdvcmtmbG93UmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5mbG93cGxhbmUuZXhlY3V0b3IudjEuV29ya2Zsb3cSPAoHdmVyc2lvbhgCIAEoCzImLmZsb3dwbGFuZS5leGVjdXRvci52MS5Xb3JrZmxvd1ZlcnNpb25IAIgBAUIKCghfdmVyc2lvbiJyChVQdWJsaXNoVmVyc2lvblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEjEKBXN0YXRlGAMgASgLMiIuZmxvd3BsYW5lLmV2ZW50cy52MS5Xb3JrZmxvd1N0YXRlIlEKFlB1Ymxpc2hWZXJzaW9uUmVzcG9uc2USNwoHdmVyc2lvbhgBIAEoCzImLmZsb3dwbGFuZS5leGVjdXRvci52MS5Xb3JrZmxvd1ZlcnNpb24iuQEKDkV4ZWN1dGVSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEiYKBWlucHV0GAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSLQoHdHJpZ2dlchgGIAEoDjIcLmZsb3dwbGFuZS5ldmVudHMudjEuVHJpZ2dlciLTAQoPRXhlY3V0ZVJlc3BvbnNlEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIUCgxleGVjdXRpb25faWQYAiABKAkSJwoGb3V0cHV0GAMgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIUCgxjcmVkaXRfdXNhZ2UYBCABKAMSNAoGc3RhdHVzGAUgASgOMiQuZmxvd3BsYW5lLmV2ZW50cy52MS5FeGVjdXRpb25TdGF0dXMSEgoFZXJyb3IYBiABKAlIAIgBAUIICgZfZXJyb3Ii/AMKCUV4ZWN1dGlvbhIKCgJpZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIYChB3b3JrZmxvd192ZXJzaW9uGAMgASgFEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRI0CgZzdGF0dXMYBSABKA4yJC5mbG93cGxhbmUuZXZlbnRzLnYxLkV4ZWN1dGlvblN0YXR1cxItCgd0cmlnZ2VyGAYgASgOMhwuZmxvd3BsYW5lLmV2ZW50cy52MS5UcmlnZ2VyEiYKBWlucHV0GAcgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBInCgZvdXRwdXQYCCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EgwKBHBhdGgYCSADKAkSEgoFZXJyb3IYCiABKAlIAIgBARIQCgh3YXJuaW5ncxgLIAMoCRIUCgxjcmVkaXRfdXNhZ2UYDCABKAMSDAoEY29zdBgNIAEoARIuCgpzdGFydGVkX2F0GA4gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIxCghlbmRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAYgBARITCgtkdXJhdGlvbl9tcxgQIAEoA0IICgZfZXJyb3JCCwoJX2VuZGVkX2F0IpUBCgxDb252ZXJzYXRpb24SCgoCaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSLgoKY3JlYXRlZF9hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoKZXhlY3V0aW9ucxgEIAMoCzIgLmZsb3dwbGFuZS5leGVjdXRvci52MS5FeGVjdXRpb24iWQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJIlQKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjkKDGNvbnZlcnNhdGlvbhgBIAEoCzIjLmZsb3dwbGFuZS5leGVjdXRvci52MS5Db252ZXJzYXRpb24y7wEKD1dvcmtmbG93U2VydmljZRJtCg5DcmVhdGVXb3JrZmxvdxIsLmZsb3dwbGFuZS5leGVjdXRvci52MS5DcmVhdGVXb3JrZmxvd1JlcXVlc3QaLS5mbG93cGxhbmUuZXhlY3V0b3IudjEuQ3JlYXRlV29ya2Zsb3dSZXNwb25zZRJtCg5QdWJsaXNoVmVyc2lvbhIsLmZsb3dwbGFuZS5leGVjdXRvci52MS5QdWJsaXNoVmVyc2lvblJlcXVlc3QaLS5mbG93cGxhbmUuZXhlY3V0b3IudjEuUHVibGlzaFZlcnNpb25SZXNwb25zZTLeAQoQRXhlY3V0aW9uU2VydmljZRJYCgdFeGVjdXRlEiUuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGVSZXF1ZXN0GiYuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGVSZXNwb25zZRJwCg9HZXRDb252ZXJzYXRpb24SLS5mbG93cGxhbmUuZXhlY3V0b3IudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBouLmZsb3dwbGFuZS5leGVjdXRvci52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZWIGcHJvdG8z", [file_flowplane_events_v1_execution, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("CiRmbG93cGxhbmUvZXhlY3V0b3IvdjEvZXhlY3V0b3IucHJvdG8SFWZsb3dwbGFuZS5leGVjdXRvci52MSKnAQoIV29ya2Zsb3cSCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEgwKBG5hbWUYAyABKAkSEwoLZGVzY3JpcHRpb24YBCABKAkSFgoObGF0ZXN0X3ZlcnNpb24YBSABKAUSLgoKY3JlYXRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJZm9sZGVyX2lkGAcgASgJIpoBCg9Xb3JrZmxvd1ZlcnNpb24SEwoLd29ya2Zsb3dfaWQYASABKAkSDwoHdmVyc2lvbhgCIAEoBRIxCgVzdGF0ZRgDIAEoCzIiLmZsb3dwbGFuZS5ldmVudHMudjEuV29ya2Zsb3dTdGF0ZRIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKiAQoVQ3JlYXRlV29ya2Zsb3dSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJEjYKBXN0YXRlGAQgASgLMiIuZmxvd3BsYW5lLmV2ZW50cy52MS5Xb3JrZmxvd1N0YXRlSACIAQESEQoJZm9sZGVyX2lkGAUgASgJQggKBl9zdGF0ZSKVAQoWQ3JlYXRlV29ya2Zsb3dSZXNwb25zZRIxCgh3b3JrZmxvdxgBIAEoCzIfLmZsb3dwbGFuZS5leGVjdXRvci52MS5Xb3JrZmxvdxI8Cgd2ZXJzaW9uGAIgASgLMiYuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLldvcmtmbG93VmVyc2lvbkgAiAEBQgoKCF92ZXJzaW9uInIKFVB1Ymxpc2hWZXJzaW9uUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSMQoFc3RhdGUYAyABKAsyIi5mbG93cGxhbmUuZXZlbnRzLnYxLldvcmtmbG93U3RhdGUiUQoWUHVibGlzaFZlcnNpb25SZXNwb25zZRI3Cgd2ZXJzaW9uGAEgASgLMiYuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLldvcmtmbG93VmVyc2lvbiK5AQoORXhlY3V0ZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSJgoFaW5wdXQYBCABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRItCgd0cmlnZ2VyGAYgASgOMhwuZmxvd3BsYW5lLmV2ZW50cy52MS5UcmlnZ2VyItMBCg9FeGVjdXRlUmVzcG9uc2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhQKDGV4ZWN1dGlvbl9pZBgCIAEoCRInCgZvdXRwdXQYAyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EhQKDGNyZWRpdF91c2FnZRgEIAEoAxI0CgZzdGF0dXMYBSABKA4yJC5mbG93cGxhbmUuZXZlbnRzLnYxLkV4ZWN1dGlvblN0YXR1cxISCgVlcnJvchgGIAEoCUgAiAEBQggKBl9lcnJvciL8AwoJRXhlY3V0aW9uEgoKAmlkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEhgKEHdvcmtmbG93X3ZlcnNpb24YAyABKAUSFwoPY29udmVyc2F0aW9uX2lkGAQgASgJEjQKBnN0YXR1cxgFIAEoDjIkLmZsb3dwbGFuZS5ldmVudHMudjEuRXhlY3V0aW9uU3RhdHVzEi0KB3RyaWdnZXIYBiABKA4yHC5mbG93cGxhbmUuZXZlbnRzLnYxLlRyaWdnZXISJgoFaW5wdXQYByABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0EicKBm91dHB1dBgIIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSDAoEcGF0aBgJIAMoCRISCgVlcnJvchgKIAEoCUgAiAEBEhAKCHdhcm5pbmdzGAsgAygJEhQKDGNyZWRpdF91c2FnZRgMIAEoAxIMCgRjb3N0GA0gASgBEi4KCnN0YXJ0ZWRfYXQYDiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjEKCGVuZGVkX2F0GA8gASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgBiAEBEhMKC2R1cmF0aW9uX21zGBAgASgDQggKBl9lcnJvckILCglfZW5kZWRfYXQilQEKDENvbnZlcnNhdGlvbhIKCgJpZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIuCgpjcmVhdGVkX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBI0CgpleGVjdXRpb25zGAQgAygLMiAuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGlvbiJZChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkiVAoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USOQoMY29udmVyc2F0aW9uGAEgASgLMiMuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkNvbnZlcnNhdGlvbiJRCg5WZXJzaW9uU3VtbWFyeRIPCgd2ZXJzaW9uGAEgASgFEi4KCmNyZWF0ZWRfYXQYAiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIjwKEkdldFdvcmtmbG93UmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkigQEKE0dldFdvcmtmbG93UmVzcG9uc2USMQoId29ya2Zsb3cYASABKAsyHy5mbG93cGxhbmUuZXhlY3V0b3IudjEuV29ya2Zsb3cSNwoIdmVyc2lvbnMYAiADKAsyJS5mbG93cGxhbmUuZXhlY3V0b3IudjEuVmVyc2lvblN1bW1hcnkiWwoUTGlzdFdvcmtmbG93c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoCRIRCglmb2xkZXJfaWQYBCABKAkiYAoVTGlzdFdvcmtmbG93c1Jlc3BvbnNlEjIKCXdvcmtmbG93cxgBIAMoCzIfLmZsb3dwbGFuZS5leGVjdXRvci52MS5Xb3JrZmxvdxITCgtuZXh0X2N1cnNvchgCIAEoCSLDAQoYRXhlY3V0ZUJhY2tncm91bmRSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEiYKBWlucHV0GAQgASgLMhcuZ29vZ2xlLnByb3RvYnVmLlN0cnVjdBIXCg9jb252ZXJzYXRpb25faWQYBSABKAkSLQoHdHJpZ2dlchgGIAEoDjIcLmZsb3dwbGFuZS5ldmVudHMudjEuVHJpZ2dlciKWAQoZRXhlY3V0ZUJhY2tncm91bmRSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMZXhlY3V0aW9uX2lkGAIgASgJEhQKDGNyZWRpdF91c2FnZRgDIAEoAxI0CgZzdGF0dXMYBCABKA4yJC5mbG93cGxhbmUuZXZlbnRzLnYxLkV4ZWN1dGlvblN0YXR1cyJBChZDYW5jZWxFeGVjdXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxleGVjdXRpb25faWQYAiABKAkiTgoXQ2FuY2VsRXhlY3V0aW9uUmVzcG9uc2USMwoJZXhlY3V0aW9uGAEgASgLMiAuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGlvbiI+ChNHZXRFeGVjdXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxleGVjdXRpb25faWQYAiABKAkiSwoUR2V0RXhlY3V0aW9uUmVzcG9uc2USMwoJZXhlY3V0aW9uGAEgASgLMiAuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGlvbiJAChVXYXRjaEV4ZWN1dGlvblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhQKDGV4ZWN1dGlvbl9pZBgCIAEoCSJHChZXYXRjaEV4ZWN1dGlvblJlc3BvbnNlEi0KBWV2ZW50GAEgASgLMh4uZmxvd3BsYW5lLmV2ZW50cy52MS5MaXZlRXZlbnQi+gEKCFNjaGVkdWxlEgoKAmlkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSDAoEY3JvbhgEIAEoCRIQCgh0aW1lem9uZRgFIAEoCRImCgVpbnB1dBgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QSLgoKY3JlYXRlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASNAoLbmV4dF9ydW5fYXQYCCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSACIAQFCDgoMX25leHRfcnVuX2F0IpgBChVDcmVhdGVTY2hlZHVsZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEg8KB3ZlcnNpb24YAyABKAUSDAoEY3JvbhgEIAEoCRIQCgh0aW1lem9uZRgFIAEoCRImCgVpbnB1dBgGIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiSwoWQ3JlYXRlU2NoZWR1bGVSZXNwb25zZRIxCghzY2hlZHVsZRgBIAEoCzIfLmZsb3dwbGFuZS5leGVjdXRvci52MS5TY2hlZHVsZSI+ChRMaXN0U2NoZWR1bGVzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkiSwoVTGlzdFNjaGVkdWxlc1Jlc3BvbnNlEjIKCXNjaGVkdWxlcxgBIAMoCzIfLmZsb3dwbGFuZS5leGVjdXRvci52MS5TY2hlZHVsZSJUChVEZWxldGVTY2hlZHVsZVJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhMKC3dvcmtmbG93X2lkGAIgASgJEhMKC3NjaGVkdWxlX2lkGAMgASgJIhgKFkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2UiaAoESG9vaxIKCgJpZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFEi4KCmNyZWF0ZWRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkwKEUNyZWF0ZUhvb2tSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRIPCgd2ZXJzaW9uGAMgASgFIk8KEkNyZWF0ZUhvb2tSZXNwb25zZRIpCgRob29rGAEgASgLMhsuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkhvb2sSDgoGc2VjcmV0GAIgASgJIl0KElRyaWdnZXJIb29rUmVxdWVzdBIPCgdob29rX2lkGAEgASgJEg4KBnNlY3JldBgCIAEoCRImCgVpbnB1dBgDIAEoCzIXLmdvb2dsZS5wcm90b2J1Zi5TdHJ1Y3QiWQoTVHJpZ2dlckhvb2tSZXNwb25zZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMZXhlY3V0aW9uX2lkGAIgASgJEhMKC3dvcmtmbG93X2lkGAMgASgJMu4GCg9Xb3JrZmxvd1NlcnZpY2USbQoOQ3JlYXRlV29ya2Zsb3cSLC5mbG93cGxhbmUuZXhlY3V0b3IudjEuQ3JlYXRlV29ya2Zsb3dSZXF1ZXN0Gi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkNyZWF0ZVdvcmtmbG93UmVzcG9uc2USbQoOUHVibGlzaFZlcnNpb24SLC5mbG93cGxhbmUuZXhlY3V0b3IudjEuUHVibGlzaFZlcnNpb25SZXF1ZXN0Gi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLlB1Ymxpc2hWZXJzaW9uUmVzcG9uc2USZAoLR2V0V29ya2Zsb3cSKS5mbG93cGxhbmUuZXhlY3V0b3IudjEuR2V0V29ya2Zsb3dSZXF1ZXN0GiouZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkdldFdvcmtmbG93UmVzcG9uc2USagoNTGlzdFdvcmtmbG93cxIrLmZsb3dwbGFuZS5leGVjdXRvci52MS5MaXN0V29ya2Zsb3dzUmVxdWVzdBosLmZsb3dwbGFuZS5leGVjdXRvci52MS5MaXN0V29ya2Zsb3dzUmVzcG9uc2USbQoOQ3JlYXRlU2NoZWR1bGUSLC5mbG93cGxhbmUuZXhlY3V0b3IudjEuQ3JlYXRlU2NoZWR1bGVSZXF1ZXN0Gi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkNyZWF0ZVNjaGVkdWxlUmVzcG9uc2USagoNTGlzdFNjaGVkdWxlcxIrLmZsb3dwbGFuZS5leGVjdXRvci52MS5MaXN0U2NoZWR1bGVzUmVxdWVzdBosLmZsb3dwbGFuZS5leGVjdXRvci52MS5MaXN0U2NoZWR1bGVzUmVzcG9uc2USbQoORGVsZXRlU2NoZWR1bGUSLC5mbG93cGxhbmUuZXhlY3V0b3IudjEuRGVsZXRlU2NoZWR1bGVSZXF1ZXN0Gi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkRlbGV0ZVNjaGVkdWxlUmVzcG9uc2USYQoKQ3JlYXRlSG9vaxIoLmZsb3dwbGFuZS5leGVjdXRvci52MS5DcmVhdGVIb29rUmVxdWVzdBopLmZsb3dwbGFuZS5leGVjdXRvci52MS5DcmVhdGVIb29rUmVzcG9uc2UyiAYKEEV4ZWN1dGlvblNlcnZpY2USWAoHRXhlY3V0ZRIlLmZsb3dwbGFuZS5leGVjdXRvci52MS5FeGVjdXRlUmVxdWVzdBomLmZsb3dwbGFuZS5leGVjdXRvci52MS5FeGVjdXRlUmVzcG9uc2UScAoPR2V0Q29udmVyc2F0aW9uEi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaLi5mbG93cGxhbmUuZXhlY3V0b3IudjEuR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USdgoRRXhlY3V0ZUJhY2tncm91bmQSLy5mbG93cGxhbmUuZXhlY3V0b3IudjEuRXhlY3V0ZUJhY2tncm91bmRSZXF1ZXN0GjAuZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkV4ZWN1dGVCYWNrZ3JvdW5kUmVzcG9uc2UScAoPQ2FuY2VsRXhlY3V0aW9uEi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkNhbmNlbEV4ZWN1dGlvblJlcXVlc3QaLi5mbG93cGxhbmUuZXhlY3V0b3IudjEuQ2FuY2VsRXhlY3V0aW9uUmVzcG9uc2USZwoMR2V0RXhlY3V0aW9uEiouZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLkdldEV4ZWN1dGlvblJlcXVlc3QaKy5mbG93cGxhbmUuZXhlY3V0b3IudjEuR2V0RXhlY3V0aW9uUmVzcG9uc2USbwoOV2F0Y2hFeGVjdXRpb24SLC5mbG93cGxhbmUuZXhlY3V0b3IudjEuV2F0Y2hFeGVjdXRpb25SZXF1ZXN0Gi0uZmxvd3BsYW5lLmV4ZWN1dG9yLnYxLldhdGNoRXhlY3V0aW9uUmVzcG9uc2UwARJkCgtUcmlnZ2VySG9vaxIpLmZsb3dwbGFuZS5leGVjdXRvci52MS5UcmlnZ2VySG9va1JlcXVlc3QaKi5mbG93cGxhbmUuZXhlY3V0b3IudjEuVHJpZ2dlckhvb2tSZXNwb25zZWIGcHJvdG8z", [file_flowplane_events_v1_execution, file_flowplane_events_v1_run, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flowplane.executor.v1.Workflow
@@ -56,6 +58,13 @@ export type Workflow = Message<"flowplane.executor.v1.Workflow"> & {
    * @generated from field: google.protobuf.Timestamp created_at = 6;
    */
   createdAt?: Timestamp | undefined;
+
+  /**
+   * Folder the workflow is filed in; empty when none.
+   *
+   * @generated from field: string folder_id = 7;
+   */
+  folderId: string;
 };
 
 /**
@@ -120,6 +129,13 @@ export type CreateWorkflowRequest = Message<"flowplane.executor.v1.CreateWorkflo
    * @generated from field: optional flowplane.events.v1.WorkflowState state = 4;
    */
   state?: WorkflowState | undefined;
+
+  /**
+   * A folder id of the caller's choosing (1-200 chars of [A-Za-z0-9_.:-]); empty for none.
+   *
+   * @generated from field: string folder_id = 5;
+   */
+  folderId: string;
 };
 
 /**
@@ -464,6 +480,681 @@ export const GetConversationResponseSchema: GenMessage<GetConversationResponse> 
   messageDesc(file_flowplane_executor_v1_executor, 11);
 
 /**
+ * @generated from message flowplane.executor.v1.VersionSummary
+ */
+export type VersionSummary = Message<"flowplane.executor.v1.VersionSummary"> & {
+  /**
+   * @generated from field: int32 version = 1;
+   */
+  version: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 2;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.VersionSummary.
+ * Use `create(VersionSummarySchema)` to create a new message.
+ */
+export const VersionSummarySchema: GenMessage<VersionSummary> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 12);
+
+/**
+ * @generated from message flowplane.executor.v1.GetWorkflowRequest
+ */
+export type GetWorkflowRequest = Message<"flowplane.executor.v1.GetWorkflowRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.GetWorkflowRequest.
+ * Use `create(GetWorkflowRequestSchema)` to create a new message.
+ */
+export const GetWorkflowRequestSchema: GenMessage<GetWorkflowRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 13);
+
+/**
+ * @generated from message flowplane.executor.v1.GetWorkflowResponse
+ */
+export type GetWorkflowResponse = Message<"flowplane.executor.v1.GetWorkflowResponse"> & {
+  /**
+   * @generated from field: flowplane.executor.v1.Workflow workflow = 1;
+   */
+  workflow?: Workflow | undefined;
+
+  /**
+   * Oldest first.
+   *
+   * @generated from field: repeated flowplane.executor.v1.VersionSummary versions = 2;
+   */
+  versions: VersionSummary[];
+};
+
+/**
+ * Describes the message flowplane.executor.v1.GetWorkflowResponse.
+ * Use `create(GetWorkflowResponseSchema)` to create a new message.
+ */
+export const GetWorkflowResponseSchema: GenMessage<GetWorkflowResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 14);
+
+/**
+ * @generated from message flowplane.executor.v1.ListWorkflowsRequest
+ */
+export type ListWorkflowsRequest = Message<"flowplane.executor.v1.ListWorkflowsRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * 1-200; 0 means 50.
+   *
+   * @generated from field: int32 limit = 2;
+   */
+  limit: number;
+
+  /**
+   * next_cursor of the previous page; empty for the first page.
+   *
+   * @generated from field: string cursor = 3;
+   */
+  cursor: string;
+
+  /**
+   * Only workflows in this folder.
+   *
+   * @generated from field: string folder_id = 4;
+   */
+  folderId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ListWorkflowsRequest.
+ * Use `create(ListWorkflowsRequestSchema)` to create a new message.
+ */
+export const ListWorkflowsRequestSchema: GenMessage<ListWorkflowsRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 15);
+
+/**
+ * @generated from message flowplane.executor.v1.ListWorkflowsResponse
+ */
+export type ListWorkflowsResponse = Message<"flowplane.executor.v1.ListWorkflowsResponse"> & {
+  /**
+   * @generated from field: repeated flowplane.executor.v1.Workflow workflows = 1;
+   */
+  workflows: Workflow[];
+
+  /**
+   * Empty on the last page.
+   *
+   * @generated from field: string next_cursor = 2;
+   */
+  nextCursor: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ListWorkflowsResponse.
+ * Use `create(ListWorkflowsResponseSchema)` to create a new message.
+ */
+export const ListWorkflowsResponseSchema: GenMessage<ListWorkflowsResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 16);
+
+/**
+ * Same fields as ExecuteRequest.
+ *
+ * @generated from message flowplane.executor.v1.ExecuteBackgroundRequest
+ */
+export type ExecuteBackgroundRequest = Message<"flowplane.executor.v1.ExecuteBackgroundRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * 0 runs the latest published version.
+   *
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * @generated from field: google.protobuf.Struct input = 4;
+   */
+  input?: JsonObject | undefined;
+
+  /**
+   * Continue this conversation; empty starts a new one.
+   *
+   * @generated from field: string conversation_id = 5;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: flowplane.events.v1.Trigger trigger = 6;
+   */
+  trigger: Trigger;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ExecuteBackgroundRequest.
+ * Use `create(ExecuteBackgroundRequestSchema)` to create a new message.
+ */
+export const ExecuteBackgroundRequestSchema: GenMessage<ExecuteBackgroundRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 17);
+
+/**
+ * @generated from message flowplane.executor.v1.ExecuteBackgroundResponse
+ */
+export type ExecuteBackgroundResponse = Message<"flowplane.executor.v1.ExecuteBackgroundResponse"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+
+  /**
+   * Always 0: nothing ran yet.
+   *
+   * @generated from field: int64 credit_usage = 3;
+   */
+  creditUsage: bigint;
+
+  /**
+   * QUEUED.
+   *
+   * @generated from field: flowplane.events.v1.ExecutionStatus status = 4;
+   */
+  status: ExecutionStatus;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ExecuteBackgroundResponse.
+ * Use `create(ExecuteBackgroundResponseSchema)` to create a new message.
+ */
+export const ExecuteBackgroundResponseSchema: GenMessage<ExecuteBackgroundResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 18);
+
+/**
+ * @generated from message flowplane.executor.v1.CancelExecutionRequest
+ */
+export type CancelExecutionRequest = Message<"flowplane.executor.v1.CancelExecutionRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CancelExecutionRequest.
+ * Use `create(CancelExecutionRequestSchema)` to create a new message.
+ */
+export const CancelExecutionRequestSchema: GenMessage<CancelExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 19);
+
+/**
+ * @generated from message flowplane.executor.v1.CancelExecutionResponse
+ */
+export type CancelExecutionResponse = Message<"flowplane.executor.v1.CancelExecutionResponse"> & {
+  /**
+   * The execution after the cancellation took effect (ERROR "cancelled"), or still RUNNING when its
+   * worker did not stop within a few seconds (it stops at the next block boundary or on redelivery).
+   *
+   * @generated from field: flowplane.executor.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CancelExecutionResponse.
+ * Use `create(CancelExecutionResponseSchema)` to create a new message.
+ */
+export const CancelExecutionResponseSchema: GenMessage<CancelExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 20);
+
+/**
+ * @generated from message flowplane.executor.v1.GetExecutionRequest
+ */
+export type GetExecutionRequest = Message<"flowplane.executor.v1.GetExecutionRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.GetExecutionRequest.
+ * Use `create(GetExecutionRequestSchema)` to create a new message.
+ */
+export const GetExecutionRequestSchema: GenMessage<GetExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 21);
+
+/**
+ * @generated from message flowplane.executor.v1.GetExecutionResponse
+ */
+export type GetExecutionResponse = Message<"flowplane.executor.v1.GetExecutionResponse"> & {
+  /**
+   * @generated from field: flowplane.executor.v1.Execution execution = 1;
+   */
+  execution?: Execution | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.GetExecutionResponse.
+ * Use `create(GetExecutionResponseSchema)` to create a new message.
+ */
+export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 22);
+
+/**
+ * @generated from message flowplane.executor.v1.WatchExecutionRequest
+ */
+export type WatchExecutionRequest = Message<"flowplane.executor.v1.WatchExecutionRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.WatchExecutionRequest.
+ * Use `create(WatchExecutionRequestSchema)` to create a new message.
+ */
+export const WatchExecutionRequestSchema: GenMessage<WatchExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 23);
+
+/**
+ * @generated from message flowplane.executor.v1.WatchExecutionResponse
+ */
+export type WatchExecutionResponse = Message<"flowplane.executor.v1.WatchExecutionResponse"> & {
+  /**
+   * @generated from field: flowplane.events.v1.LiveEvent event = 1;
+   */
+  event?: LiveEvent | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.WatchExecutionResponse.
+ * Use `create(WatchExecutionResponseSchema)` to create a new message.
+ */
+export const WatchExecutionResponseSchema: GenMessage<WatchExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 24);
+
+/**
+ * @generated from message flowplane.executor.v1.Schedule
+ */
+export type Schedule = Message<"flowplane.executor.v1.Schedule"> & {
+  /**
+   * "sched_…".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * 0 runs the latest version at each tick.
+   *
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * Five fields (minute precision) or six (seconds first), as croner reads them.
+   *
+   * @generated from field: string cron = 4;
+   */
+  cron: string;
+
+  /**
+   * IANA time zone the cron expression is read in; "UTC" by default.
+   *
+   * @generated from field: string timezone = 5;
+   */
+  timezone: string;
+
+  /**
+   * @generated from field: google.protobuf.Struct input = 6;
+   */
+  input?: JsonObject | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 7;
+   */
+  createdAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: optional google.protobuf.Timestamp next_run_at = 8;
+   */
+  nextRunAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.Schedule.
+ * Use `create(ScheduleSchema)` to create a new message.
+ */
+export const ScheduleSchema: GenMessage<Schedule> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 25);
+
+/**
+ * @generated from message flowplane.executor.v1.CreateScheduleRequest
+ */
+export type CreateScheduleRequest = Message<"flowplane.executor.v1.CreateScheduleRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * @generated from field: string cron = 4;
+   */
+  cron: string;
+
+  /**
+   * @generated from field: string timezone = 5;
+   */
+  timezone: string;
+
+  /**
+   * @generated from field: google.protobuf.Struct input = 6;
+   */
+  input?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CreateScheduleRequest.
+ * Use `create(CreateScheduleRequestSchema)` to create a new message.
+ */
+export const CreateScheduleRequestSchema: GenMessage<CreateScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 26);
+
+/**
+ * @generated from message flowplane.executor.v1.CreateScheduleResponse
+ */
+export type CreateScheduleResponse = Message<"flowplane.executor.v1.CreateScheduleResponse"> & {
+  /**
+   * @generated from field: flowplane.executor.v1.Schedule schedule = 1;
+   */
+  schedule?: Schedule | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CreateScheduleResponse.
+ * Use `create(CreateScheduleResponseSchema)` to create a new message.
+ */
+export const CreateScheduleResponseSchema: GenMessage<CreateScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 27);
+
+/**
+ * @generated from message flowplane.executor.v1.ListSchedulesRequest
+ */
+export type ListSchedulesRequest = Message<"flowplane.executor.v1.ListSchedulesRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ListSchedulesRequest.
+ * Use `create(ListSchedulesRequestSchema)` to create a new message.
+ */
+export const ListSchedulesRequestSchema: GenMessage<ListSchedulesRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 28);
+
+/**
+ * @generated from message flowplane.executor.v1.ListSchedulesResponse
+ */
+export type ListSchedulesResponse = Message<"flowplane.executor.v1.ListSchedulesResponse"> & {
+  /**
+   * @generated from field: repeated flowplane.executor.v1.Schedule schedules = 1;
+   */
+  schedules: Schedule[];
+};
+
+/**
+ * Describes the message flowplane.executor.v1.ListSchedulesResponse.
+ * Use `create(ListSchedulesResponseSchema)` to create a new message.
+ */
+export const ListSchedulesResponseSchema: GenMessage<ListSchedulesResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 29);
+
+/**
+ * @generated from message flowplane.executor.v1.DeleteScheduleRequest
+ */
+export type DeleteScheduleRequest = Message<"flowplane.executor.v1.DeleteScheduleRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: string schedule_id = 3;
+   */
+  scheduleId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.DeleteScheduleRequest.
+ * Use `create(DeleteScheduleRequestSchema)` to create a new message.
+ */
+export const DeleteScheduleRequestSchema: GenMessage<DeleteScheduleRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 30);
+
+/**
+ * @generated from message flowplane.executor.v1.DeleteScheduleResponse
+ */
+export type DeleteScheduleResponse = Message<"flowplane.executor.v1.DeleteScheduleResponse"> & {
+};
+
+/**
+ * Describes the message flowplane.executor.v1.DeleteScheduleResponse.
+ * Use `create(DeleteScheduleResponseSchema)` to create a new message.
+ */
+export const DeleteScheduleResponseSchema: GenMessage<DeleteScheduleResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 31);
+
+/**
+ * @generated from message flowplane.executor.v1.Hook
+ */
+export type Hook = Message<"flowplane.executor.v1.Hook"> & {
+  /**
+   * "hook_…".
+   *
+   * @generated from field: string id = 1;
+   */
+  id: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * 0 runs the latest version.
+   *
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp created_at = 4;
+   */
+  createdAt?: Timestamp | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.Hook.
+ * Use `create(HookSchema)` to create a new message.
+ */
+export const HookSchema: GenMessage<Hook> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 32);
+
+/**
+ * @generated from message flowplane.executor.v1.CreateHookRequest
+ */
+export type CreateHookRequest = Message<"flowplane.executor.v1.CreateHookRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * @generated from field: int32 version = 3;
+   */
+  version: number;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CreateHookRequest.
+ * Use `create(CreateHookRequestSchema)` to create a new message.
+ */
+export const CreateHookRequestSchema: GenMessage<CreateHookRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 33);
+
+/**
+ * @generated from message flowplane.executor.v1.CreateHookResponse
+ */
+export type CreateHookResponse = Message<"flowplane.executor.v1.CreateHookResponse"> & {
+  /**
+   * @generated from field: flowplane.executor.v1.Hook hook = 1;
+   */
+  hook?: Hook | undefined;
+
+  /**
+   * Sent by callers in the x-hook-secret header; shown only here.
+   *
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.CreateHookResponse.
+ * Use `create(CreateHookResponseSchema)` to create a new message.
+ */
+export const CreateHookResponseSchema: GenMessage<CreateHookResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 34);
+
+/**
+ * @generated from message flowplane.executor.v1.TriggerHookRequest
+ */
+export type TriggerHookRequest = Message<"flowplane.executor.v1.TriggerHookRequest"> & {
+  /**
+   * @generated from field: string hook_id = 1;
+   */
+  hookId: string;
+
+  /**
+   * @generated from field: string secret = 2;
+   */
+  secret: string;
+
+  /**
+   * The request body: the workflow input.
+   *
+   * @generated from field: google.protobuf.Struct input = 3;
+   */
+  input?: JsonObject | undefined;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.TriggerHookRequest.
+ * Use `create(TriggerHookRequestSchema)` to create a new message.
+ */
+export const TriggerHookRequestSchema: GenMessage<TriggerHookRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 35);
+
+/**
+ * @generated from message flowplane.executor.v1.TriggerHookResponse
+ */
+export type TriggerHookResponse = Message<"flowplane.executor.v1.TriggerHookResponse"> & {
+  /**
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+
+  /**
+   * @generated from field: string workflow_id = 3;
+   */
+  workflowId: string;
+};
+
+/**
+ * Describes the message flowplane.executor.v1.TriggerHookResponse.
+ * Use `create(TriggerHookResponseSchema)` to create a new message.
+ */
+export const TriggerHookResponseSchema: GenMessage<TriggerHookResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_executor_v1_executor, 36);
+
+/**
  * @generated from service flowplane.executor.v1.WorkflowService
  */
 export const WorkflowService: GenService<{
@@ -487,6 +1178,62 @@ export const WorkflowService: GenService<{
     methodKind: "unary";
     input: typeof PublishVersionRequestSchema;
     output: typeof PublishVersionResponseSchema;
+  },
+  /**
+   * GetWorkflow returns a workflow with the list of its versions (NOT_FOUND unless the tenant's).
+   *
+   * @generated from rpc flowplane.executor.v1.WorkflowService.GetWorkflow
+   */
+  getWorkflow: {
+    methodKind: "unary";
+    input: typeof GetWorkflowRequestSchema;
+    output: typeof GetWorkflowResponseSchema;
+  },
+  /**
+   * ListWorkflows pages through a tenant's workflows, newest first (keyset pagination).
+   *
+   * @generated from rpc flowplane.executor.v1.WorkflowService.ListWorkflows
+   */
+  listWorkflows: {
+    methodKind: "unary";
+    input: typeof ListWorkflowsRequestSchema;
+    output: typeof ListWorkflowsResponseSchema;
+  },
+  /**
+   * CreateSchedule fires background runs of a workflow version on a cron expression.
+   *
+   * @generated from rpc flowplane.executor.v1.WorkflowService.CreateSchedule
+   */
+  createSchedule: {
+    methodKind: "unary";
+    input: typeof CreateScheduleRequestSchema;
+    output: typeof CreateScheduleResponseSchema;
+  },
+  /**
+   * @generated from rpc flowplane.executor.v1.WorkflowService.ListSchedules
+   */
+  listSchedules: {
+    methodKind: "unary";
+    input: typeof ListSchedulesRequestSchema;
+    output: typeof ListSchedulesResponseSchema;
+  },
+  /**
+   * @generated from rpc flowplane.executor.v1.WorkflowService.DeleteSchedule
+   */
+  deleteSchedule: {
+    methodKind: "unary";
+    input: typeof DeleteScheduleRequestSchema;
+    output: typeof DeleteScheduleResponseSchema;
+  },
+  /**
+   * CreateHook creates an inbound webhook; its secret is returned only here.
+   *
+   * @generated from rpc flowplane.executor.v1.WorkflowService.CreateHook
+   */
+  createHook: {
+    methodKind: "unary";
+    input: typeof CreateHookRequestSchema;
+    output: typeof CreateHookResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flowplane_executor_v1_executor, 0);
@@ -517,6 +1264,60 @@ export const ExecutionService: GenService<{
     methodKind: "unary";
     input: typeof GetConversationRequestSchema;
     output: typeof GetConversationResponseSchema;
+  },
+  /**
+   * ExecuteBackground validates like Execute, stores a QUEUED execution, queues it for the workers
+   * and answers at once (credit_usage 0).
+   *
+   * @generated from rpc flowplane.executor.v1.ExecutionService.ExecuteBackground
+   */
+  executeBackground: {
+    methodKind: "unary";
+    input: typeof ExecuteBackgroundRequestSchema;
+    output: typeof ExecuteBackgroundResponseSchema;
+  },
+  /**
+   * CancelExecution stops a queued or running execution: it ends with status ERROR and error
+   * "cancelled". FAILED_PRECONDITION when it already finished.
+   *
+   * @generated from rpc flowplane.executor.v1.ExecutionService.CancelExecution
+   */
+  cancelExecution: {
+    methodKind: "unary";
+    input: typeof CancelExecutionRequestSchema;
+    output: typeof CancelExecutionResponseSchema;
+  },
+  /**
+   * GetExecution returns one execution of the tenant.
+   *
+   * @generated from rpc flowplane.executor.v1.ExecutionService.GetExecution
+   */
+  getExecution: {
+    methodKind: "unary";
+    input: typeof GetExecutionRequestSchema;
+    output: typeof GetExecutionResponseSchema;
+  },
+  /**
+   * WatchExecution streams an execution's block events until its final state; the last message has
+   * kind EXECUTION_FINISHED.
+   *
+   * @generated from rpc flowplane.executor.v1.ExecutionService.WatchExecution
+   */
+  watchExecution: {
+    methodKind: "server_streaming";
+    input: typeof WatchExecutionRequestSchema;
+    output: typeof WatchExecutionResponseSchema;
+  },
+  /**
+   * TriggerHook starts a background run of the hook's workflow, authenticated by the hook's secret
+   * (UNAUTHENTICATED when wrong, NOT_FOUND when the hook does not exist).
+   *
+   * @generated from rpc flowplane.executor.v1.ExecutionService.TriggerHook
+   */
+  triggerHook: {
+    methodKind: "unary";
+    input: typeof TriggerHookRequestSchema;
+    output: typeof TriggerHookResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flowplane_executor_v1_executor, 1);

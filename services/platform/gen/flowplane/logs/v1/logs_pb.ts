@@ -6,7 +6,7 @@
 
 import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { Cost, TraceSpan, Trigger } from "../../events/v1/execution_pb.js";
+import type { Cost, TraceSpan, Trigger, WorkflowState } from "../../events/v1/execution_pb.js";
 import { file_flowplane_events_v1_execution } from "../../events/v1/execution_pb.js";
 import type { Timestamp } from "@bufbuild/protobuf/wkt";
 import { file_google_protobuf_struct, file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
@@ -16,7 +16,7 @@ import type { JsonObject, Message } from "@bufbuild/protobuf";
  * Describes the file flowplane/logs/v1/logs.proto.
  */
 export const file_flowplane_logs_v1_logs: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG93cGxhbmUvbG9ncy92MS9sb2dzLnByb3RvEhFmbG93cGxhbmUubG9ncy52MSJACg9Xb3JrZmxvd1N1bW1hcnkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSL8AwoITG9nRW50cnkSCgoCaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSFAoMZXhlY3V0aW9uX2lkGAMgASgJEg0KBWxldmVsGAQgASgJEi0KB3RyaWdnZXIYBSABKA4yHC5mbG93cGxhbmUuZXZlbnRzLnYxLlRyaWdnZXISLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXRvdGFsX2R1cmF0aW9uX21zGAggASgDEicKBGNvc3QYCSABKAsyGS5mbG93cGxhbmUuZXZlbnRzLnYxLkNvc3QSOQoId29ya2Zsb3cYCiABKAsyIi5mbG93cGxhbmUubG9ncy52MS5Xb3JrZmxvd1N1bW1hcnlIAIgBARIyCgxmaW5hbF9vdXRwdXQYCyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAGIAQESMwoLdHJhY2Vfc3BhbnMYDCADKAsyHi5mbG93cGxhbmUuZXZlbnRzLnYxLlRyYWNlU3BhbhIXCg9jb252ZXJzYXRpb25faWQYDSABKAlCCwoJX3dvcmtmbG93Qg8KDV9maW5hbF9vdXRwdXQi6wEKEFF1ZXJ5TG9nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoCRInCgVvcmRlchgEIAEoDjIYLmZsb3dwbGFuZS5sb2dzLnYxLk9yZGVyEisKB2RldGFpbHMYBSABKA4yGi5mbG93cGxhbmUubG9ncy52MS5EZXRhaWxzEhsKE2luY2x1ZGVfdHJhY2Vfc3BhbnMYBiABKAgSHAoUaW5jbHVkZV9maW5hbF9vdXRwdXQYByABKAgSFAoMd29ya2Zsb3dfaWRzGAggAygJIlMKEVF1ZXJ5TG9nc1Jlc3BvbnNlEikKBGRhdGEYASADKAsyGy5mbG93cGxhbmUubG9ncy52MS5Mb2dFbnRyeRITCgtuZXh0X2N1cnNvchgCIAEoCSIuCg1HZXRMb2dSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCSI6Cg5HZXRMb2dSZXNwb25zZRIoCgNsb2cYASABKAsyGy5mbG93cGxhbmUubG9ncy52MS5Mb2dFbnRyeSo9CgVPcmRlchIVChFPUkRFUl9VTlNQRUNJRklFRBAAEg4KCk9SREVSX0RFU0MQARINCglPUkRFUl9BU0MQAipHCgdEZXRhaWxzEhcKE0RFVEFJTFNfVU5TUEVDSUZJRUQQABIRCg1ERVRBSUxTX0JBU0lDEAESEAoMREVUQUlMU19GVUxMEAIytAEKC0xvZ3NTZXJ2aWNlElYKCVF1ZXJ5TG9ncxIjLmZsb3dwbGFuZS5sb2dzLnYxLlF1ZXJ5TG9nc1JlcXVlc3QaJC5mbG93cGxhbmUubG9ncy52MS5RdWVyeUxvZ3NSZXNwb25zZRJNCgZHZXRMb2cSIC5mbG93cGxhbmUubG9ncy52MS5HZXRMb2dSZXF1ZXN0GiEuZmxvd3BsYW5lLmxvZ3MudjEuR2V0TG9nUmVzcG9uc2ViBnByb3RvMw", [file_flowplane_events_v1_execution, file_google_protobuf_struct, file_google_protobuf_timestamp]);
+  fileDesc("ChxmbG93cGxhbmUvbG9ncy92MS9sb2dzLnByb3RvEhFmbG93cGxhbmUubG9ncy52MSJACg9Xb3JrZmxvd1N1bW1hcnkSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRITCgtkZXNjcmlwdGlvbhgDIAEoCSL8AwoITG9nRW50cnkSCgoCaWQYASABKAkSEwoLd29ya2Zsb3dfaWQYAiABKAkSFAoMZXhlY3V0aW9uX2lkGAMgASgJEg0KBWxldmVsGAQgASgJEi0KB3RyaWdnZXIYBSABKA4yHC5mbG93cGxhbmUuZXZlbnRzLnYxLlRyaWdnZXISLgoKc3RhcnRlZF9hdBgGIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kZWRfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhkKEXRvdGFsX2R1cmF0aW9uX21zGAggASgDEicKBGNvc3QYCSABKAsyGS5mbG93cGxhbmUuZXZlbnRzLnYxLkNvc3QSOQoId29ya2Zsb3cYCiABKAsyIi5mbG93cGxhbmUubG9ncy52MS5Xb3JrZmxvd1N1bW1hcnlIAIgBARIyCgxmaW5hbF9vdXRwdXQYCyABKAsyFy5nb29nbGUucHJvdG9idWYuU3RydWN0SAGIAQESMwoLdHJhY2Vfc3BhbnMYDCADKAsyHi5mbG93cGxhbmUuZXZlbnRzLnYxLlRyYWNlU3BhbhIXCg9jb252ZXJzYXRpb25faWQYDSABKAlCCwoJX3dvcmtmbG93Qg8KDV9maW5hbF9vdXRwdXQi7gQKEFF1ZXJ5TG9nc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoCRInCgVvcmRlchgEIAEoDjIYLmZsb3dwbGFuZS5sb2dzLnYxLk9yZGVyEisKB2RldGFpbHMYBSABKA4yGi5mbG93cGxhbmUubG9ncy52MS5EZXRhaWxzEhsKE2luY2x1ZGVfdHJhY2Vfc3BhbnMYBiABKAgSHAoUaW5jbHVkZV9maW5hbF9vdXRwdXQYByABKAgSFAoMd29ya2Zsb3dfaWRzGAggAygJEhIKCmZvbGRlcl9pZHMYCSADKAkSLgoIdHJpZ2dlcnMYCiADKA4yHC5mbG93cGxhbmUuZXZlbnRzLnYxLlRyaWdnZXISDQoFbGV2ZWwYCyABKAkSLgoKc3RhcnRfZGF0ZRgMIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASLAoIZW5kX2RhdGUYDSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhQKDGV4ZWN1dGlvbl9pZBgOIAEoCRIcCg9taW5fZHVyYXRpb25fbXMYDyABKANIAIgBARIcCg9tYXhfZHVyYXRpb25fbXMYECABKANIAYgBARIVCghtaW5fY29zdBgRIAEoAUgCiAEBEhUKCG1heF9jb3N0GBIgASgBSAOIAQESDgoGbW9kZWxzGBMgAygJQhIKEF9taW5fZHVyYXRpb25fbXNCEgoQX21heF9kdXJhdGlvbl9tc0ILCglfbWluX2Nvc3RCCwoJX21heF9jb3N0IlMKEVF1ZXJ5TG9nc1Jlc3BvbnNlEikKBGRhdGEYASADKAsyGy5mbG93cGxhbmUubG9ncy52MS5Mb2dFbnRyeRITCgtuZXh0X2N1cnNvchgCIAEoCSIuCg1HZXRMb2dSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCSI6Cg5HZXRMb2dSZXNwb25zZRIoCgNsb2cYASABKAsyGy5mbG93cGxhbmUubG9ncy52MS5Mb2dFbnRyeSI+ChNHZXRFeGVjdXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIUCgxleGVjdXRpb25faWQYAiABKAkizgIKFEdldEV4ZWN1dGlvblJlc3BvbnNlEhQKDGV4ZWN1dGlvbl9pZBgBIAEoCRITCgt3b3JrZmxvd19pZBgCIAEoCRI6Cg53b3JrZmxvd19zdGF0ZRgDIAEoCzIiLmZsb3dwbGFuZS5ldmVudHMudjEuV29ya2Zsb3dTdGF0ZRItCgd0cmlnZ2VyGAQgASgOMhwuZmxvd3BsYW5lLmV2ZW50cy52MS5UcmlnZ2VyEi4KCnN0YXJ0ZWRfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEiwKCGVuZGVkX2F0GAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIZChF0b3RhbF9kdXJhdGlvbl9tcxgHIAEoAxInCgRjb3N0GAggASgLMhkuZmxvd3BsYW5lLmV2ZW50cy52MS5Db3N0Kj0KBU9yZGVyEhUKEU9SREVSX1VOU1BFQ0lGSUVEEAASDgoKT1JERVJfREVTQxABEg0KCU9SREVSX0FTQxACKkcKB0RldGFpbHMSFwoTREVUQUlMU19VTlNQRUNJRklFRBAAEhEKDURFVEFJTFNfQkFTSUMQARIQCgxERVRBSUxTX0ZVTEwQAjKVAgoLTG9nc1NlcnZpY2USVgoJUXVlcnlMb2dzEiMuZmxvd3BsYW5lLmxvZ3MudjEuUXVlcnlMb2dzUmVxdWVzdBokLmZsb3dwbGFuZS5sb2dzLnYxLlF1ZXJ5TG9nc1Jlc3BvbnNlEk0KBkdldExvZxIgLmZsb3dwbGFuZS5sb2dzLnYxLkdldExvZ1JlcXVlc3QaIS5mbG93cGxhbmUubG9ncy52MS5HZXRMb2dSZXNwb25zZRJfCgxHZXRFeGVjdXRpb24SJi5mbG93cGxhbmUubG9ncy52MS5HZXRFeGVjdXRpb25SZXF1ZXN0GicuZmxvd3BsYW5lLmxvZ3MudjEuR2V0RXhlY3V0aW9uUmVzcG9uc2ViBnByb3RvMw", [file_flowplane_events_v1_execution, file_google_protobuf_struct, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flowplane.logs.v1.WorkflowSummary
@@ -179,6 +179,73 @@ export type QueryLogsRequest = Message<"flowplane.logs.v1.QueryLogsRequest"> & {
    * @generated from field: repeated string workflow_ids = 8;
    */
   workflowIds: string[];
+
+  /**
+   * Every filter below is ANDed with the others; a repeated field matches any of its values.
+   *
+   * @generated from field: repeated string folder_ids = 9;
+   */
+  folderIds: string[];
+
+  /**
+   * @generated from field: repeated flowplane.events.v1.Trigger triggers = 10;
+   */
+  triggers: Trigger[];
+
+  /**
+   * "info", "error", or empty for both.
+   *
+   * @generated from field: string level = 11;
+   */
+  level: string;
+
+  /**
+   * Inclusive bounds on started_at.
+   *
+   * @generated from field: google.protobuf.Timestamp start_date = 12;
+   */
+  startDate?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp end_date = 13;
+   */
+  endDate?: Timestamp | undefined;
+
+  /**
+   * @generated from field: string execution_id = 14;
+   */
+  executionId: string;
+
+  /**
+   * Inclusive bounds on total_duration_ms.
+   *
+   * @generated from field: optional int64 min_duration_ms = 15;
+   */
+  minDurationMs?: bigint | undefined;
+
+  /**
+   * @generated from field: optional int64 max_duration_ms = 16;
+   */
+  maxDurationMs?: bigint | undefined;
+
+  /**
+   * Inclusive bounds on cost.total, USD.
+   *
+   * @generated from field: optional double min_cost = 17;
+   */
+  minCost?: number | undefined;
+
+  /**
+   * @generated from field: optional double max_cost = 18;
+   */
+  maxCost?: number | undefined;
+
+  /**
+   * Model names (keys of cost.models); a log matches when it used any of them.
+   *
+   * @generated from field: repeated string models = 19;
+   */
+  models: string[];
 };
 
 /**
@@ -198,7 +265,9 @@ export type QueryLogsResponse = Message<"flowplane.logs.v1.QueryLogsResponse"> &
   data: LogEntry[];
 
   /**
-   * Empty when there is no further page.
+   * Signed and bound to the request's filters and order. Descending: empty when there is no further
+   * page. Ascending (the polling order): present whenever the request had a cursor or returned rows,
+   * so a poller always resumes after the last log it saw (logs that arrive late are served first).
    *
    * @generated from field: string next_cursor = 2;
    */
@@ -250,6 +319,82 @@ export type GetLogResponse = Message<"flowplane.logs.v1.GetLogResponse"> & {
  */
 export const GetLogResponseSchema: GenMessage<GetLogResponse> = /*@__PURE__*/
   messageDesc(file_flowplane_logs_v1_logs, 5);
+
+/**
+ * @generated from message flowplane.logs.v1.GetExecutionRequest
+ */
+export type GetExecutionRequest = Message<"flowplane.logs.v1.GetExecutionRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string execution_id = 2;
+   */
+  executionId: string;
+};
+
+/**
+ * Describes the message flowplane.logs.v1.GetExecutionRequest.
+ * Use `create(GetExecutionRequestSchema)` to create a new message.
+ */
+export const GetExecutionRequestSchema: GenMessage<GetExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_logs_v1_logs, 6);
+
+/**
+ * @generated from message flowplane.logs.v1.GetExecutionResponse
+ */
+export type GetExecutionResponse = Message<"flowplane.logs.v1.GetExecutionResponse"> & {
+  /**
+   * @generated from field: string execution_id = 1;
+   */
+  executionId: string;
+
+  /**
+   * @generated from field: string workflow_id = 2;
+   */
+  workflowId: string;
+
+  /**
+   * The version that ran; block config values under secret-looking keys read "[redacted]".
+   *
+   * @generated from field: flowplane.events.v1.WorkflowState workflow_state = 3;
+   */
+  workflowState?: WorkflowState | undefined;
+
+  /**
+   * @generated from field: flowplane.events.v1.Trigger trigger = 4;
+   */
+  trigger: Trigger;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp started_at = 5;
+   */
+  startedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: google.protobuf.Timestamp ended_at = 6;
+   */
+  endedAt?: Timestamp | undefined;
+
+  /**
+   * @generated from field: int64 total_duration_ms = 7;
+   */
+  totalDurationMs: bigint;
+
+  /**
+   * @generated from field: flowplane.events.v1.Cost cost = 8;
+   */
+  cost?: Cost | undefined;
+};
+
+/**
+ * Describes the message flowplane.logs.v1.GetExecutionResponse.
+ * Use `create(GetExecutionResponseSchema)` to create a new message.
+ */
+export const GetExecutionResponseSchema: GenMessage<GetExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_logs_v1_logs, 7);
 
 /**
  * @generated from enum flowplane.logs.v1.Order
@@ -333,6 +478,17 @@ export const LogsService: GenService<{
     methodKind: "unary";
     input: typeof GetLogRequestSchema;
     output: typeof GetLogResponseSchema;
+  },
+  /**
+   * GetExecution returns the workflow snapshot of the version an execution ran, with secrets in block
+   * configs redacted, and its metadata; another tenant's execution is NOT_FOUND.
+   *
+   * @generated from rpc flowplane.logs.v1.LogsService.GetExecution
+   */
+  getExecution: {
+    methodKind: "unary";
+    input: typeof GetExecutionRequestSchema;
+    output: typeof GetExecutionResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_flowplane_logs_v1_logs, 0);
