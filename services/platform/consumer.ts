@@ -6,6 +6,14 @@ import { ensureDurableConsumer, ensureStream } from "./nats.js";
 /** Thrown by a handler for a message that can never be processed: it is terminated, not redelivered. */
 export class UnusableMessageError extends Error {}
 
+/** Thrown by a handler to have its message redelivered after exactly `delayMs` (a scheduled retry). */
+export class RetryLaterError extends Error {
+  constructor(readonly delayMs: number) {
+    super(`retry in ${delayMs} ms`);
+    this.name = "RetryLaterError";
+  }
+}
+
 /** Decodes a protobuf event, turning a decode failure into UnusableMessageError. */
 export function decodeEvent<Desc extends DescMessage>(schema: Desc, m: JsMsg): MessageShape<Desc> {
   try {
@@ -60,6 +68,10 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
       await opts.handle(m);
       m.ack();
     } catch (err) {
+      if (err instanceof RetryLaterError) {
+        m.nak(Math.max(0, Math.round(err.delayMs)));
+        return;
+      }
       if (err instanceof UnusableMessageError || isPermanentDataError(err)) {
         log.error({ err, consumer: durable, subject: m.subject, seq: m.seq }, "unusable message; terminated");
         m.term();

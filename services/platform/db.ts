@@ -25,6 +25,9 @@ export function createDatabase<DB>(opts: DatabaseOptions): Kysely<DB> {
   });
   // An idle client losing its connection must not crash the process; the next query reports it.
   pool.on("error", () => {});
+  // Nor a checked-out one: pg emits 'error' on it as well as failing its query, and a checked-out
+  // client has no listener of the pool's (a connection cut while a query runs crashed the process).
+  pool.on("connect", (client) => client.on("error", () => {}));
   return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
 }
 

@@ -2,7 +2,18 @@ import { randomBytes } from "node:crypto";
 
 const CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz";
 
-export type IdPrefix = "ws" | "wf" | "exec" | "log" | "conv" | "tok" | "sub" | "dlv" | "evt";
+export type IdPrefix =
+  | "ws"
+  | "wf"
+  | "exec"
+  | "log"
+  | "conv"
+  | "tok"
+  | "sub"
+  | "dlv"
+  | "evt"
+  | "hook"
+  | "sched";
 
 let lastMs = 0;
 let lastRandom: Buffer = Buffer.alloc(10);

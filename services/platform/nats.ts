@@ -24,6 +24,16 @@ export function natsNames(namespace: string) {
     executionSubjects: `${namespace}.execution.>`,
     executionCompleted: (tenantId: string) => `${namespace}.execution.completed.${tenantId}`,
     executionCompletedAll: `${namespace}.execution.completed.>`,
+    tokenRevoked: `${namespace}.auth.token.revoked`,
+    tokenExpiring: `${namespace}.auth.token.expiring`,
+    runsStream: `${upper}_RUNS`,
+    runRequest: `${namespace}.run.request`,
+    runCancel: `${namespace}.run.cancel`,
+    live: (executionId: string) => `${namespace}.live.${executionId}`,
+    deliveriesStream: `${upper}_DELIVERIES`,
+    deliverySubjects: `${namespace}.delivery.>`,
+    delivery: (channel: string) => `${namespace}.delivery.${channel}`,
+    notificationDisabled: `${namespace}.notification.disabled`,
   };
 }
 export type NatsNames = ReturnType<typeof natsNames>;
