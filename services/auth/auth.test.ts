@@ -11,6 +11,7 @@ import {
   testNamespace,
   waitFor,
 } from "../../test/helpers/infra.js";
+import { loadConfig } from "../platform/config.js";
 import { createDatabase } from "../platform/db.js";
 import { UnauthenticatedError } from "../platform/errors.js";
 import {
@@ -25,6 +26,7 @@ import { createLogger } from "../platform/log.js";
 import { createRpcClient } from "../platform/rpc.js";
 import { type RunningService, startService } from "../platform/service.js";
 import { generateApiKey, hashApiKey } from "./keys.js";
+import { planSettings, planTable } from "./plans.js";
 import { SCOPES } from "./scopes.js";
 import { authService } from "./service.js";
 import type { Database } from "./store.js";
@@ -75,6 +77,9 @@ describe("auth service", () => {
       FLOWPLANE_NAMESPACE: namespace,
       AUTH_PORT: "0",
       AUTH_KEY_ENV: "test",
+      // These tests change token rows behind the service's back: no cached lookups.
+      AUTH_TOKEN_CACHE_TTL_MS: "0",
+      AUTH_PLAN_PRO_API: "6000/6000",
       LOG_LEVEL: "silent",
     });
     const url = `http://127.0.0.1:${running.port}`;
@@ -288,7 +293,11 @@ describe("auth service", () => {
         schema: "auth",
       });
       try {
-        const offline = new Tokens(unreachable, { keyEnv: "test", log: createLogger("auth-test", "silent") });
+        const offline = new Tokens(unreachable, {
+          keyEnv: "test",
+          log: createLogger("auth-test", "silent"),
+          plans: planTable(loadConfig(planSettings, {})),
+        });
         for (const apiKey of broken) {
           await expect(
             offline.authorize({ apiKey, action: "logs:read", resourceId: "" }),
@@ -439,7 +448,7 @@ describe("auth service", () => {
       await expectRefused(
         createToken({ kind: TokenKind.ADMIN, createdBy: creator!.id }),
         Code.PermissionDenied,
-        /app key cannot create an admin key/,
+        /app key cannot create or manage an admin key/,
       );
     });
 

@@ -1,26 +1,54 @@
 import { create } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { ServiceImpl } from "@connectrpc/connect";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
-import { InvalidArgumentError } from "../platform/errors.js";
+import { InvalidArgumentError, NotFoundError } from "../platform/errors.js";
 import {
+  type ApiRateLimit,
+  ApiRateLimitSchema,
   AuthorizeResponseSchema,
   type AuthService,
   CreateTenantResponseSchema,
   CreateTokenResponseSchema,
+  ExecutionBucket,
+  type ExecutionRateLimit,
+  ExecutionRateLimitSchema,
+  GetLimitsResponseSchema,
+  GetTenantResponseSchema,
+  GetTokenResponseSchema,
+  type Limits,
+  LimitsSchema,
+  ListTokenEventsResponseSchema,
+  ListTokensResponseSchema,
   Plan,
   PrincipalSchema,
+  RateLimitExceededSchema,
+  RevokeTokenResponseSchema,
+  RotateTokenResponseSchema,
   TenantSchema,
   type TenantService,
   type Token,
+  TokenEventSchema,
   TokenKind,
   TokenSchema,
+  UsageSchema,
+  WorkflowExecutionRateLimitSchema,
 } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
 import { isId } from "../platform/ids.js";
+import { type BucketState, remainingOf, resetAtOf } from "./buckets.js";
+import { type LimitsState, RateLimitedError, type RateLimits, type UsageState } from "./limits.js";
 import { isScope, type Scope } from "./scopes.js";
-import type { Database, PlanName, TenantRow, TokenKindName, TokenRow } from "./store.js";
+import {
+  type Database,
+  findTenant,
+  type PlanName,
+  type TenantRow,
+  type TokenEventRow,
+  type TokenKindName,
+  type TokenRow,
+} from "./store.js";
 import { createTenant } from "./tenants.js";
-import type { Tokens } from "./tokens.js";
+import { MAX_GRACE_PERIOD_SECONDS, type Tokens } from "./tokens.js";
 
 const PLAN_NAMES: Record<Plan, PlanName | undefined> = {
   [Plan.UNSPECIFIED]: "free",
@@ -109,9 +137,128 @@ function tokenMessage(row: TokenRow): Token {
     prefix: row.prefix,
     createdBy: row.created_by,
     createdAt: timestampFromDate(row.created_at),
-    expiresAt: row.expires_at ? timestampFromDate(row.expires_at) : undefined,
-    lastUsedAt: row.last_used_at ? timestampFromDate(row.last_used_at) : undefined,
+    expiresAt: optionalTime(row.expires_at),
+    lastUsedAt: optionalTime(row.last_used_at),
+    revokedAt: optionalTime(row.revoked_at),
+    rateLimitPerMinute: row.rate_limit_per_minute ?? undefined,
+    expiryWarningDays: row.expiry_warning_days ?? undefined,
+    rotatedAt: optionalTime(row.rotated_at),
+    // Shown only while the previous secret still works.
+    previousSecretExpiresAt:
+      !row.revoked_at &&
+      row.previous_secret_expires_at &&
+      row.previous_secret_expires_at.getTime() > Date.now()
+        ? timestampFromDate(row.previous_secret_expires_at)
+        : undefined,
   });
+}
+
+function optionalTime(value: Date | null): Timestamp | undefined {
+  return value ? timestampFromDate(value) : undefined;
+}
+
+function tokenEventMessage(row: TokenEventRow) {
+  return create(TokenEventSchema, {
+    id: row.id,
+    tenantId: row.tenant_id ?? "",
+    tokenId: row.token_id ?? "",
+    actor: row.actor,
+    event: row.event,
+    reason: row.reason,
+    at: timestampFromDate(row.at),
+  });
+}
+
+function apiRateLimitMessage(state: BucketState): ApiRateLimit {
+  return create(ApiRateLimitSchema, {
+    limitPerMinute: state.spec.perMinute,
+    maxBurst: state.spec.burst,
+    remaining: remainingOf(state),
+    resetAt: timestampFromDate(resetAtOf(state)),
+  });
+}
+
+function executionRateLimitMessage(state: BucketState | undefined): ExecutionRateLimit | undefined {
+  if (!state) return undefined;
+  return create(ExecutionRateLimitSchema, {
+    requestsPerMinute: state.spec.perMinute,
+    maxBurst: state.spec.burst,
+    remaining: remainingOf(state),
+    resetAt: timestampFromDate(resetAtOf(state)),
+  });
+}
+
+function usageMessage(usage: UsageState | undefined) {
+  if (!usage) return undefined;
+  return create(UsageSchema, {
+    // Sums of floats in numeric: rounded to micro-dollars for display.
+    currentPeriodCost: Math.round(usage.costUsd * 1e6) / 1e6,
+    limit: usage.limitUsd,
+    plan: usage.plan,
+    isExceeded: usage.isExceeded,
+    periodStart: timestampFromDate(usage.periodStart),
+    periodEnd: timestampFromDate(usage.periodEnd),
+  });
+}
+
+function limitsMessage(state: LimitsState): Limits {
+  const hasExecution = state.sync !== undefined || state.async !== undefined;
+  return create(LimitsSchema, {
+    api: apiRateLimitMessage(state.api),
+    workflowExecutionRateLimit: hasExecution
+      ? create(WorkflowExecutionRateLimitSchema, {
+          sync: executionRateLimitMessage(state.sync),
+          async: executionRateLimitMessage(state.async),
+        })
+      : undefined,
+    usage: usageMessage(state.usage),
+  });
+}
+
+/** RESOURCE_EXHAUSTED carrying when to retry, for the gateway's Retry-After (DESIGN §5b). */
+function rateLimitedConnectError(err: RateLimitedError, now: Date): ConnectError {
+  const retryAt = err.retryAt;
+  return new ConnectError(err.message, Code.ResourceExhausted, undefined, [
+    {
+      desc: RateLimitExceededSchema,
+      value: {
+        bucket: err.bucket,
+        retryAt: timestampFromDate(retryAt),
+        retryAfterMs: BigInt(Math.max(0, Math.ceil(retryAt.getTime() - now.getTime()))),
+        api: apiRateLimitMessage(err.api),
+      },
+    },
+  ]);
+}
+
+const MAX_PAGE = 1000;
+const DEFAULT_PAGE = 100;
+const MAX_WARNING_DAYS = 365;
+
+function pageLimit(limit: number): number {
+  if (limit === 0) return DEFAULT_PAGE;
+  if (limit < 1 || limit > MAX_PAGE)
+    throw new InvalidArgumentError(`limit must be between 1 and ${MAX_PAGE}`);
+  return limit;
+}
+
+function requireId(field: string, prefix: "tok" | "ws", value: string): string {
+  if (value === "") throw new InvalidArgumentError(`${field} is required`);
+  if (!isId(prefix, value)) throw new InvalidArgumentError(`${field} "${value}" is not a valid id`);
+  return value;
+}
+
+function requireActor(field: string, value: string): string {
+  if (value !== "" && !isId("tok", value))
+    throw new InvalidArgumentError(`${field} "${value}" is not a token id`);
+  return value;
+}
+
+function requireCursor(value: string): string {
+  if (value !== "" && !isId("tok", value) && !isId("evt", value)) {
+    throw new InvalidArgumentError("cursor is not a valid cursor");
+  }
+  return value;
 }
 
 function tenantMessage(row: TenantRow) {
@@ -123,17 +270,47 @@ function tenantMessage(row: TenantRow) {
   });
 }
 
-export function authServiceHandlers(tokens: Tokens): ServiceImpl<typeof AuthService> {
+const BUCKETS: Record<ExecutionBucket, "sync" | "async" | undefined> = {
+  [ExecutionBucket.UNSPECIFIED]: undefined,
+  [ExecutionBucket.SYNC]: "sync",
+  [ExecutionBucket.ASYNC]: "async",
+};
+
+export function authServiceHandlers(
+  tokens: Tokens,
+  limits: RateLimits,
+  db: Kysely<Database>,
+): ServiceImpl<typeof AuthService> {
   return {
     async authorize(req) {
       if (req.action === "") throw new InvalidArgumentError("action is required");
       if (!isScope(req.action)) throw new InvalidArgumentError(`action "${req.action}" is not a known scope`);
-      const principal = await tokens.authorize({
-        apiKey: req.apiKey,
-        action: req.action,
-        resourceId: req.resourceId,
-      });
+      if (!(req.bucket in BUCKETS))
+        throw new InvalidArgumentError(`bucket ${req.bucket} is not a known bucket`);
+      const now = new Date();
+      const principal = await tokens.authorize(
+        { apiKey: req.apiKey, action: req.action, resourceId: req.resourceId },
+        now,
+      );
+      let state: LimitsState;
+      try {
+        state = await limits.consume(
+          {
+            tenantId: principal.tenantId,
+            tokenId: principal.tokenId,
+            plan: principal.plan,
+            tokenRateLimitPerMinute: principal.rateLimitPerMinute,
+          },
+          BUCKETS[req.bucket],
+          req.includeLimits,
+          now,
+        );
+      } catch (err) {
+        if (err instanceof RateLimitedError) throw rateLimitedConnectError(err, new Date());
+        throw err;
+      }
       return create(AuthorizeResponseSchema, {
+        limits: limitsMessage(state),
         principal: create(PrincipalSchema, {
           tenantId: principal.tenantId,
           tokenId: principal.tokenId,
@@ -160,6 +337,15 @@ export function authServiceHandlers(tokens: Tokens): ServiceImpl<typeof AuthServ
       if (req.createdBy !== "" && !isId("tok", req.createdBy)) {
         throw new InvalidArgumentError(`created_by "${req.createdBy}" is not a token id`);
       }
+      if (req.rateLimitPerMinute !== undefined && req.rateLimitPerMinute < 1) {
+        throw new InvalidArgumentError("rate_limit_per_minute must be at least 1");
+      }
+      if (
+        req.expiryWarningDays !== undefined &&
+        (req.expiryWarningDays < 1 || req.expiryWarningDays > MAX_WARNING_DAYS)
+      ) {
+        throw new InvalidArgumentError(`expiry_warning_days must be between 1 and ${MAX_WARNING_DAYS}`);
+      }
       const { token, secret } = await tokens.create(
         {
           tenantId: req.tenantId,
@@ -170,21 +356,105 @@ export function authServiceHandlers(tokens: Tokens): ServiceImpl<typeof AuthServ
           workflowIds,
           expiresAt,
           createdBy: req.createdBy,
+          rateLimitPerMinute: req.rateLimitPerMinute ?? null,
+          expiryWarningDays: req.expiryWarningDays ?? null,
         },
         now,
       );
       return create(CreateTokenResponseSchema, { token: tokenMessage(token), secret });
     },
+
+    async getLimits(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const tenant = await findTenant(db, tenantId);
+      if (!tenant) throw new NotFoundError(`workspace ${tenantId} not found`);
+      return create(GetLimitsResponseSchema, {
+        limits: limitsMessage(await limits.current(tenant.id, tenant.plan)),
+      });
+    },
+
+    async listTokens(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const page = await tokens.list(tenantId, pageLimit(req.limit), requireCursor(req.cursor));
+      return create(ListTokensResponseSchema, {
+        tokens: page.tokens.map(tokenMessage),
+        nextCursor: page.nextCursor,
+      });
+    },
+
+    async getToken(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const token = await tokens.get(tenantId, requireId("id", "tok", req.id));
+      return create(GetTokenResponseSchema, { token: tokenMessage(token) });
+    },
+
+    async rotateToken(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const id = requireId("id", "tok", req.id);
+      if (req.gracePeriodSeconds < 0 || req.gracePeriodSeconds > MAX_GRACE_PERIOD_SECONDS) {
+        throw new InvalidArgumentError(
+          `grace_period_seconds must be between 0 and ${MAX_GRACE_PERIOD_SECONDS} (30 days)`,
+        );
+      }
+      const { token, secret } = await tokens.rotate({
+        tenantId,
+        id,
+        graceSeconds: req.gracePeriodSeconds,
+        actor: requireActor("actor", req.actor),
+      });
+      return create(RotateTokenResponseSchema, { token: tokenMessage(token), secret });
+    },
+
+    async revokeToken(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const id = requireId("id", "tok", req.id);
+      const reason = req.reason.trim();
+      if ([...reason].length > MAX_PURPOSE_LENGTH) {
+        throw new InvalidArgumentError(`reason must be at most ${MAX_PURPOSE_LENGTH} characters`);
+      }
+      const token = await tokens.revoke({ tenantId, id, actor: requireActor("actor", req.actor), reason });
+      return create(RevokeTokenResponseSchema, { token: tokenMessage(token) });
+    },
+
+    async listTokenEvents(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const tokenId = requireId("token_id", "tok", req.tokenId);
+      const page = await tokens.events(tenantId, tokenId, pageLimit(req.limit), requireCursor(req.cursor));
+      return create(ListTokenEventsResponseSchema, {
+        events: page.events.map(tokenEventMessage),
+        nextCursor: page.nextCursor,
+      });
+    },
   };
 }
 
-export function tenantServiceHandlers(db: Kysely<Database>): ServiceImpl<typeof TenantService> {
+export function tenantServiceHandlers(
+  db: Kysely<Database>,
+  tokens: Tokens,
+): ServiceImpl<typeof TenantService> {
   return {
     async createTenant(req) {
       const name = requireName("name", req.name);
       const plan = requirePlan(req.plan);
-      const tenant = await createTenant(db, { name, plan });
-      return create(CreateTenantResponseSchema, { tenant: tenantMessage(tenant) });
+      const createdBy = requireActor("created_by", req.createdBy);
+      const created = await createTenant(db, tokens, {
+        name,
+        plan,
+        issueAdminToken: req.issueAdminToken,
+        createdBy,
+      });
+      return create(CreateTenantResponseSchema, {
+        tenant: tenantMessage(created.tenant),
+        adminToken: created.admin ? tokenMessage(created.admin.token) : undefined,
+        adminSecret: created.admin?.secret ?? "",
+      });
+    },
+
+    async getTenant(req) {
+      const id = requireId("id", "ws", req.id);
+      const tenant = await findTenant(db, id);
+      if (!tenant) throw new NotFoundError(`workspace ${id} not found`);
+      return create(GetTenantResponseSchema, { tenant: tenantMessage(tenant) });
     },
   };
 }

@@ -2,7 +2,14 @@ import type { Generated, Insertable, Kysely, Selectable } from "kysely";
 
 export type PlanName = "free" | "pro" | "team" | "enterprise";
 export type TokenKindName = "admin" | "app";
-export type TokenEventName = "created" | "refused_unauthenticated" | "refused_permission";
+export type TokenEventName =
+  | "created"
+  | "rotated"
+  | "revoked"
+  | "expired"
+  | "grace_ended"
+  | "refused_unauthenticated"
+  | "refused_permission";
 
 export interface TenantsTable {
   id: string;
@@ -27,6 +34,13 @@ export interface TokensTable {
   expires_at: Date | null;
   revoked_at: Date | null;
   last_used_at: Date | null;
+  rate_limit_per_minute: number | null;
+  expiry_warning_days: number | null;
+  expiry_warning_sent_at: Date | null;
+  expiry_recorded_at: Date | null;
+  rotated_at: Date | null;
+  previous_secret_hash: string | null;
+  previous_secret_expires_at: Date | null;
 }
 
 export interface TokenEventsTable {
@@ -39,16 +53,44 @@ export interface TokenEventsTable {
   at: Generated<Date>;
 }
 
+export interface RateBucketsTable {
+  key: string;
+  tokens: number;
+  updated_at: Date;
+  granted: boolean;
+}
+
+export interface UsagePeriodsTable {
+  tenant_id: string;
+  /** First instant of the calendar month (UTC). */
+  period_start: Date;
+  /** USD. */
+  cost: number;
+  executions: number;
+}
+
+export interface UsageExecutionsTable {
+  execution_id: string;
+  tenant_id: string;
+  period_start: Date;
+  cost: number;
+  counted_at: Generated<Date>;
+}
+
 export interface Database {
   tenants: TenantsTable;
   tokens: TokensTable;
   token_events: TokenEventsTable;
+  rate_buckets: RateBucketsTable;
+  usage_periods: UsagePeriodsTable;
+  usage_executions: UsageExecutionsTable;
 }
 
 export type TenantRow = Selectable<TenantsTable>;
 export type TokenRow = Selectable<TokensTable>;
 export type NewTokenRow = Insertable<TokensTable>;
 export type NewTokenEventRow = Insertable<TokenEventsTable>;
+export type TokenEventRow = Selectable<TokenEventsTable>;
 export type TokenWithPlan = TokenRow & { plan: PlanName };
 
 export async function insertTenant(
@@ -62,7 +104,7 @@ export async function findTenant(db: Kysely<Database>, id: string): Promise<Tena
   return db.selectFrom("tenants").selectAll().where("id", "=", id).executeTakeFirst();
 }
 
-/** Authorize's only query: the token by its unique hash, with its tenant's plan. */
+/** Authorize's lookup: the token by its current or previous (rotation grace) hash, with the plan. */
 export async function findTokenByHash(
   db: Kysely<Database>,
   secretHash: string,
@@ -72,7 +114,9 @@ export async function findTokenByHash(
     .innerJoin("tenants", "tenants.id", "tokens.tenant_id")
     .selectAll("tokens")
     .select("tenants.plan")
-    .where("tokens.secret_hash", "=", secretHash)
+    .where((eb) =>
+      eb.or([eb("tokens.secret_hash", "=", secretHash), eb("tokens.previous_secret_hash", "=", secretHash)]),
+    )
     .executeTakeFirst();
 }
 

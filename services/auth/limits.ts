@@ -1,0 +1,165 @@
+import type { Kysely } from "kysely";
+import { FailedPreconditionError, ResourceExhaustedError, UnavailableError } from "../platform/errors.js";
+import type { Logger } from "../platform/log.js";
+import {
+  type BucketState,
+  type Consumption,
+  consumeToken,
+  peekBuckets,
+  remainingOf,
+  retryAtOf,
+} from "./buckets.js";
+import type { BucketSpec, PlanLimits, PlanTable } from "./plans.js";
+import type { Database, PlanName } from "./store.js";
+import { type PeriodUsage, usageOf } from "./usage.js";
+
+export type ExecutionBucketName = "sync" | "async";
+/** Which bucket refused: the tenant's API calls, the token's own limit, or an execution bucket. */
+export type RefusingBucket = "api" | "token" | ExecutionBucketName;
+
+export interface UsageState extends PeriodUsage {
+  limitUsd: number;
+  plan: PlanName;
+  isExceeded: boolean;
+}
+
+export interface LimitsState {
+  /** The API-call bucket shown in X-RateLimit-*: the narrower of the tenant's and the token's. */
+  api: BucketState;
+  sync?: BucketState;
+  async?: BucketState;
+  usage?: UsageState;
+}
+
+/** An empty bucket; the handler turns it into RESOURCE_EXHAUSTED with a RateLimitExceeded detail. */
+export class RateLimitedError extends ResourceExhaustedError {
+  constructor(
+    readonly bucket: RefusingBucket,
+    readonly state: BucketState,
+    readonly api: BucketState,
+  ) {
+    super(
+      bucket === "api" || bucket === "token"
+        ? "rate limit exceeded"
+        : `workflow execution rate limit exceeded (${bucket})`,
+    );
+  }
+
+  get retryAt(): Date {
+    return retryAtOf(this.state);
+  }
+}
+
+export interface RequestIdentity {
+  tenantId: string;
+  tokenId: string;
+  plan: PlanName;
+  /** The token's own, narrower API-call limit. */
+  tokenRateLimitPerMinute: number | null;
+}
+
+const bucketKey = {
+  api: (tenantId: string) => `api:${tenantId}`,
+  token: (tokenId: string) => `token:${tokenId}`,
+  sync: (tenantId: string) => `sync:${tenantId}`,
+  async: (tenantId: string) => `async:${tenantId}`,
+};
+
+function tokenSpec(perMinute: number): BucketSpec {
+  return { perMinute, burst: perMinute };
+}
+
+/** Of two API buckets, the one a client hits first: fewer whole tokens left. */
+function narrower(a: BucketState, b: BucketState | undefined): BucketState {
+  if (!b) return a;
+  return remainingOf(b) < remainingOf(a) ? b : a;
+}
+
+/**
+ * Plan rate limits (token buckets in PostgreSQL) and billing-period usage. The buckets fail closed:
+ * if their storage cannot be reached the request is refused as UNAVAILABLE, never let through.
+ */
+export class RateLimits {
+  constructor(
+    private readonly db: Kysely<Database>,
+    private readonly plans: PlanTable,
+    private readonly log: Logger,
+  ) {}
+
+  planLimits(plan: PlanName): PlanLimits {
+    return this.plans[plan];
+  }
+
+  /**
+   * Consumes one API-call token (and one of the token's own bucket), then, for an execution, checks
+   * the usage limit and consumes one token of the execution bucket.
+   */
+  async consume(
+    who: RequestIdentity,
+    execution: ExecutionBucketName | undefined,
+    includeAll: boolean,
+    now = new Date(),
+  ): Promise<LimitsState> {
+    const limits = this.plans[who.plan];
+    const tenantApi = await this.guard(consumeToken(this.db, bucketKey.api(who.tenantId), limits.api));
+    if (!tenantApi.granted) throw new RateLimitedError("api", tenantApi, tenantApi);
+    let tokenApi: Consumption | undefined;
+    if (who.tokenRateLimitPerMinute !== null) {
+      tokenApi = await this.guard(
+        consumeToken(this.db, bucketKey.token(who.tokenId), tokenSpec(who.tokenRateLimitPerMinute)),
+      );
+      if (!tokenApi.granted) throw new RateLimitedError("token", tokenApi, tokenApi);
+    }
+    const api = narrower(tenantApi, tokenApi);
+
+    const state: LimitsState = { api };
+    if (execution || includeAll) state.usage = await this.usage(who.tenantId, who.plan, now);
+    if (execution) {
+      if (state.usage?.isExceeded) throw new FailedPreconditionError("insufficient credits");
+      const consumed = await this.guard(
+        consumeToken(this.db, bucketKey[execution](who.tenantId), limits[execution]),
+      );
+      if (!consumed.granted) throw new RateLimitedError(execution, consumed, api);
+      state[execution] = consumed;
+    }
+    if (includeAll) {
+      const other: ExecutionBucketName[] = (["sync", "async"] as const).filter((b) => b !== execution);
+      const peeked = await this.guard(
+        peekBuckets(
+          this.db,
+          other.map((b) => ({ key: bucketKey[b](who.tenantId), spec: limits[b] })),
+        ),
+      );
+      for (const [i, b] of other.entries()) state[b] = peeked[i];
+    }
+    return state;
+  }
+
+  /** Every bucket and the usage as they stand, consuming nothing (GetLimits). */
+  async current(tenantId: string, plan: PlanName, now = new Date()): Promise<Required<LimitsState>> {
+    const limits = this.plans[plan];
+    const [api, sync, async] = await this.guard(
+      peekBuckets(this.db, [
+        { key: bucketKey.api(tenantId), spec: limits.api },
+        { key: bucketKey.sync(tenantId), spec: limits.sync },
+        { key: bucketKey.async(tenantId), spec: limits.async },
+      ]),
+    );
+    return { api: api!, sync: sync!, async: async!, usage: await this.usage(tenantId, plan, now) };
+  }
+
+  private async usage(tenantId: string, plan: PlanName, now: Date): Promise<UsageState> {
+    const usage = await this.guard(usageOf(this.db, tenantId, now));
+    const limitUsd = this.plans[plan].usageLimitUsd;
+    return { ...usage, limitUsd, plan, isExceeded: usage.costUsd >= limitUsd };
+  }
+
+  private async guard<T>(work: Promise<T>): Promise<T> {
+    try {
+      return await work;
+    } catch (err) {
+      this.log.error({ err }, "rate limiter storage failed; refusing the request");
+      throw new UnavailableError("rate limiter unavailable");
+    }
+  }
+}
