@@ -29,7 +29,7 @@ describe("workflow definitions", () => {
     expect(workflow.predecessors.get("greet")).toEqual(["start"]);
   });
 
-  it("rejects a self-loop, a disabled input block and loops", () => {
+  it("rejects a self-loop, a disabled input block and a loop without its container block", () => {
     expect(() =>
       compileWorkflow(
         mutatedDemoState((s) => {
@@ -45,7 +45,9 @@ describe("workflow definitions", () => {
       ),
     ).toThrow("the input block cannot be disabled");
     const withLoop = toState({ ...demoStateJsonWithLoop() });
-    expect(() => compileWorkflow(withLoop)).toThrow("loops are not supported yet");
+    expect(() => compileWorkflow(withLoop)).toThrow(
+      'loop "l1" needs a block of type "loop" with the same id in blocks',
+    );
   });
 });
 

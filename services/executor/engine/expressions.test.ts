@@ -58,3 +58,14 @@ describe("CEL expressions", () => {
     expect(expression.evaluate({ input: { n: 21 }, blocks: {} })).toBe(42);
   });
 });
+
+describe("the loop variable", () => {
+  it("is `loop` in expressions although CEL reserves the word", async () => {
+    const { compileExpression } = await import("./expressions.js");
+    const expression = compileExpression('loop.index + 1 == 2 && loop.item == "loop" && blocks.loop == 3');
+    expect(expression.evaluate({ input: {}, blocks: { loop: 3 }, loop: { index: 1, item: "loop" } })).toBe(
+      true,
+    );
+    expect(compileExpression("loop").evaluate({ input: {}, blocks: {} })).toBeNull();
+  });
+});

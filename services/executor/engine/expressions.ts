@@ -1,6 +1,8 @@
 /**
- * CEL expressions (output blocks) over plain JSON variables `input` and `blocks`. Compiled once per
- * workflow version; evaluation results are converted back to plain JSON.
+ * CEL expressions, the engine's one expression language (output, condition, router, templates, loop
+ * collections, workflow input mappings), over plain JSON variables `input`, `blocks` and `loop`
+ * (`{index, item}` inside a loop or parallel body, null elsewhere). Compiled once per workflow
+ * version; evaluation results are converted back to plain JSON.
  */
 
 import {
@@ -24,6 +26,8 @@ export class ExpressionError extends Error {}
 export interface ExpressionVariables {
   input: JsonObject;
   blocks: Readonly<Record<string, JsonValue>>;
+  /** `{index, item}` inside a loop or parallel body. */
+  loop?: JsonValue;
 }
 
 export interface CompiledExpression {
@@ -44,13 +48,54 @@ const arithmetic: Array<[string, (a: number, b: number) => number]> = [
   ["_*_", (a, b) => a * b],
   ["_/_", (a, b) => a / b],
 ];
-const mixedArithmetic = arithmetic.flatMap(([operator, apply]) => [
-  celFunc(operator, [DOUBLE, INT], DOUBLE, (a, b) => apply(a, Number(b))),
-  celFunc(operator, [INT, DOUBLE], DOUBLE, (a, b) => apply(Number(a), b)),
-]);
+const mixedArithmetic = [
+  ...arithmetic.flatMap(([operator, apply]) => [
+    celFunc(operator, [DOUBLE, INT], DOUBLE, (a, b) => apply(a, Number(b))),
+    celFunc(operator, [INT, DOUBLE], DOUBLE, (a, b) => apply(Number(a), b)),
+  ]),
+  // JSON numbers (loop.index, input fields) are doubles, and standard CEL has no double remainder.
+  celFunc("_%_", [DOUBLE, DOUBLE], DOUBLE, (a, b) => a % b),
+  celFunc("_%_", [DOUBLE, INT], DOUBLE, (a, b) => a % Number(b)),
+  celFunc("_%_", [INT, DOUBLE], DOUBLE, (a, b) => Number(a) % b),
+];
+
+/*
+ * `loop` is a reserved word in CEL, so the variable is declared under another name and the
+ * identifier `loop` in an expression (outside string literals, not after a `.`) is renamed to it.
+ */
+const LOOP_VARIABLE = "_loop";
+
+function renameLoopIdentifier(source: string): string {
+  let out = "";
+  let i = 0;
+  while (i < source.length) {
+    const ch = source[i]!;
+    if (ch === '"' || ch === "'") {
+      const quote = source.startsWith(ch.repeat(3), i) ? ch.repeat(3) : ch;
+      let end = i + quote.length;
+      while (end < source.length && !source.startsWith(quote, end)) end += source[end] === "\\" ? 2 : 1;
+      end = Math.min(source.length, end + quote.length);
+      out += source.slice(i, end);
+      i = end;
+      continue;
+    }
+    if (/[A-Za-z_]/.test(ch)) {
+      let end = i + 1;
+      while (end < source.length && /[A-Za-z0-9_]/.test(source[end]!)) end++;
+      const word = source.slice(i, end);
+      const afterDot = /\.\s*$/.test(out);
+      out += word === "loop" && !afterDot ? LOOP_VARIABLE : word;
+      i = end;
+      continue;
+    }
+    out += ch;
+    i++;
+  }
+  return out;
+}
 
 const env = celEnv({
-  variables: { input: CelScalar.DYN, blocks: CelScalar.DYN },
+  variables: { input: CelScalar.DYN, blocks: CelScalar.DYN, [LOOP_VARIABLE]: CelScalar.DYN },
   funcs: mixedArithmetic,
 });
 
@@ -63,7 +108,11 @@ export function compileExpression(source: string): CompiledExpression {
       // Evaluation reports failures as CelError values; the try only guards against surprises.
       let result: CelValue;
       try {
-        const evaluated = program({ input: variables.input, blocks: variables.blocks as JsonObject });
+        const evaluated = program({
+          input: variables.input,
+          blocks: variables.blocks as JsonObject,
+          [LOOP_VARIABLE]: variables.loop ?? null,
+        });
         if (isCelError(evaluated)) throw new ExpressionError(evaluated.message);
         result = evaluated;
       } catch (err) {
@@ -77,7 +126,7 @@ export function compileExpression(source: string): CompiledExpression {
 
 function planExpression(source: string) {
   try {
-    return plan(env, parse(source));
+    return plan(env, parse(renameLoopIdentifier(source)));
   } catch (err) {
     throw new ExpressionError(err instanceof Error ? err.message : String(err));
   }

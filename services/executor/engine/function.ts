@@ -1,4 +1,7 @@
-/** The `function` block: JavaScript run in the QuickJS sandbox with `input` and `blocks` in scope. */
+/**
+ * The `function` block: JavaScript run in the QuickJS sandbox with `input` and `blocks` in scope (and
+ * `loop` = `{index, item}` inside a loop or parallel body).
+ */
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type { Block } from "../../platform/gen/flowplane/events/v1/execution_pb.js";
 import { DefinitionProblem, describeBlock } from "./problems.js";
@@ -24,8 +27,9 @@ export async function runFunctionBlock(
   sandbox: FunctionSandbox,
   input: JsonObject,
   blocks: Readonly<Record<string, JsonValue>>,
+  loop: JsonValue = null,
 ): Promise<JsonValue> {
-  const result = await sandbox.run(config.code, input, blocks);
+  const result = await sandbox.run(config.code, input, blocks, loop);
   if (!result.ok) throw new FunctionBlockError(result.error);
   return result.value;
 }

@@ -115,12 +115,27 @@ describe("graph runner", () => {
     runner.pending.get("a")!.reject(new BlockFailure("broke", { seen: true }));
     runner.pending.get("b")!.resolve({ output: "B" });
     const run = await done;
-    expect(run.failure?.block.id).toBe("a");
+    expect(run.failure?.block?.id).toBe("a");
     expect(run.failure?.message).toBe("broke");
     expect(run.path).toEqual(["start", "a", "b"]);
     const span = run.spans.find((s) => s.blockId === "a")!;
     expect(span).toMatchObject({ status: "error", error: "broke", input: { seen: true } });
     expect(run.outputs).toEqual({ start: {}, b: "B" });
+  });
+});
+
+describe("graph runner cancellation", () => {
+  it("starts nothing after the signal is aborted and reports the run as cancelled", async () => {
+    const runner = controlledRunner();
+    const controller = new AbortController();
+    const done = runGraph(diamond(), runner.run, { signal: controller.signal });
+    await runner.untilStarted(["start"]);
+    controller.abort(new Error("cancelled by the user"));
+    runner.pending.get("start")!.resolve({ output: {} });
+    const run = await done;
+    expect(run.cancelled).toBe(true);
+    expect(run.failure).toEqual({ message: "cancelled by the user" });
+    expect(run.path).toEqual(["start"]);
   });
 });
 

@@ -1,7 +1,12 @@
 /** The `output` block: a CEL expression whose value becomes the response's `<block name>` key. */
-import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import type { JsonValue } from "@bufbuild/protobuf";
 import type { Block } from "../../platform/gen/flowplane/events/v1/execution_pb.js";
-import { type CompiledExpression, compileExpression, ExpressionError } from "./expressions.js";
+import {
+  type CompiledExpression,
+  compileExpression,
+  ExpressionError,
+  type ExpressionVariables,
+} from "./expressions.js";
 import { DefinitionProblem, describeBlock } from "./problems.js";
 
 export interface OutputBlockConfig {
@@ -28,10 +33,6 @@ export function readOutputConfig(block: Block): OutputBlockConfig {
 }
 
 /** The expression's value; throws ExpressionError when evaluation fails. */
-export function runOutputBlock(
-  config: OutputBlockConfig,
-  input: JsonObject,
-  blocks: Readonly<Record<string, JsonValue>>,
-): JsonValue {
-  return config.expression.evaluate({ input, blocks });
+export function runOutputBlock(config: OutputBlockConfig, variables: ExpressionVariables): JsonValue {
+  return config.expression.evaluate(variables);
 }

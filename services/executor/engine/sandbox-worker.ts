@@ -19,6 +19,7 @@ export interface SandboxTask {
   code: string;
   inputJson: string;
   blocksJson: string;
+  loopJson: string;
 }
 
 export type SandboxReply =
@@ -58,8 +59,9 @@ memoryPrototype.grow = function grow(this: WasmMemory, pages: number): number {
  * Evaluated once per context. `code` is compiled as an async function body, so it cannot break out
  * of the wrapper, `return` works and `await` is allowed; the result is serialised inside the sandbox.
  */
-const WRAPPER = `(function (code, inputJson, blocksJson) {
+const WRAPPER = `(function (code, inputJson, blocksJson, loopJson) {
   globalThis.console = { log() {}, info() {}, warn() {}, error() {}, debug() {} };
+  globalThis.loop = JSON.parse(loopJson);
   const AsyncFunction = (async function () {}).constructor;
   const body = new AsyncFunction("input", "blocks", code);
   return body(JSON.parse(inputJson), JSON.parse(blocksJson)).then(function (value) {
@@ -125,7 +127,12 @@ function run(task: SandboxTask): string {
         wrapper.error.dispose();
         throw new SandboxFailure(message);
       }
-      const args = [vm.newString(task.code), vm.newString(task.inputJson), vm.newString(task.blocksJson)];
+      const args = [
+        vm.newString(task.code),
+        vm.newString(task.inputJson),
+        vm.newString(task.blocksJson),
+        vm.newString(task.loopJson),
+      ];
       const called = vm.callFunction(wrapper.value, vm.undefined, ...args);
       for (const arg of args) arg.dispose();
       wrapper.value.dispose();

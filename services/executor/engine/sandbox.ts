@@ -96,14 +96,23 @@ export class FunctionSandbox {
 
   constructor(private readonly options: SandboxOptions) {}
 
-  /** Runs `code` as a function body with `input` and `blocks` in scope; never rejects. */
-  run(code: string, input: JsonObject, blocks: Readonly<Record<string, JsonValue>>): Promise<SandboxResult> {
+  /**
+   * Runs `code` as a function body with `input` and `blocks` in scope, and `loop` as a global
+   * (`{index, item}` inside a loop or parallel body, null elsewhere); never rejects.
+   */
+  run(
+    code: string,
+    input: JsonObject,
+    blocks: Readonly<Record<string, JsonValue>>,
+    loop: JsonValue = null,
+  ): Promise<SandboxResult> {
     if (this.closed) return Promise.resolve({ ok: false, error: "the sandbox is shut down" });
     const task: SandboxTask = {
       id: this.nextId++,
       code,
       inputJson: JSON.stringify(input),
       blocksJson: JSON.stringify(blocks),
+      loopJson: JSON.stringify(loop),
     };
     return new Promise((resolve) => {
       this.queue.push({ task, resolve });

@@ -191,3 +191,54 @@ export function mutatedDemoState(mutate: Mutation): WorkflowState {
   mutate(json);
   return toState(json as unknown as JsonObject);
 }
+
+/**
+ * A definition from a list of blocks (ids from `id`) and edges `[source, target, sourceHandle?]`
+ * (edge ids e1, e2, … in order); `extra` adds loops and parallels.
+ */
+export function graphState(
+  blocks: JsonObject[],
+  edges: Array<[string, string, string?]>,
+  extra: { loops?: JsonObject; parallels?: JsonObject } = {},
+): WorkflowState {
+  return toState({
+    blocks: Object.fromEntries(blocks.map((b) => [b.id as string, b])),
+    edges: edges.map(([source, target, sourceHandle], index) => ({
+      id: `e${index + 1}`,
+      source,
+      target,
+      ...(sourceHandle === undefined ? {} : { sourceHandle }),
+    })),
+    ...extra,
+  });
+}
+
+/** Block JSON builders for graphState. */
+export const blockJson = {
+  input: (fields: JsonObject[] = [], id = "start"): JsonObject => ({
+    id,
+    type: "input",
+    name: "Input",
+    config: { fields },
+  }),
+  fn: (id: string, code: string, extra: JsonObject = {}): JsonObject => ({
+    id,
+    type: "function",
+    name: id,
+    config: { code },
+    ...extra,
+  }),
+  output: (id: string, name: string, value: string): JsonObject => ({
+    id,
+    type: "output",
+    name,
+    config: { value },
+  }),
+  of: (id: string, type: string, config: JsonObject, extra: JsonObject = {}): JsonObject => ({
+    id,
+    type,
+    name: id,
+    config,
+    ...extra,
+  }),
+};
