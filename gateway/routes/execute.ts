@@ -1,7 +1,8 @@
 import type { JsonObject } from "@bufbuild/protobuf";
-import type { FastifyInstance } from "fastify";
+import type { FastifyInstance, FastifyRequest } from "fastify";
+import { TokenKind } from "../../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { Trigger } from "../../services/platform/gen/flowplane/events/v1/execution_pb.js";
-import { principalOf, requireScope, workflowIdOfBody } from "../auth.js";
+import { ExecutionBucket, principalOf, requireScope, workflowIdOfBody } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { executeResponseJson } from "../json.js";
 
@@ -25,13 +26,28 @@ const executeBodySchema = {
   },
 } as const;
 
-/** POST /api/executeWorkflow (seed 001): runs a workflow synchronously. */
+/**
+ * `x-flowplane-trigger: manual` marks a run started by a person (the `flowplane run` CLI). Only admin
+ * keys may say so; integrations' app keys always run as "api", so their logs cannot be disguised.
+ */
+function triggerOf(request: FastifyRequest): Trigger {
+  const hint = request.headers["x-flowplane-trigger"];
+  if (hint === "manual" && principalOf(request).kind === TokenKind.ADMIN) return Trigger.MANUAL;
+  return Trigger.API;
+}
+
+/**
+ * POST /api/executeWorkflow (seed 001): runs a workflow synchronously.
+ * POST /api/executeWorkflowBackground (seed 001): queues it and answers at once.
+ */
 export function registerExecuteRoutes(app: FastifyInstance, clients: GatewayClients): void {
   app.post<{ Body: ExecuteBody }>(
     "/api/executeWorkflow",
     {
       schema: { body: executeBodySchema },
-      preValidation: requireScope(clients.auth, "workflows:execute", workflowIdOfBody),
+      preValidation: requireScope(clients.auth, "workflows:execute", workflowIdOfBody, {
+        bucket: ExecutionBucket.SYNC,
+      }),
     },
     async (request) => {
       const { workflowId, version, input, conversationId } = request.body;
@@ -42,9 +58,37 @@ export function registerExecuteRoutes(app: FastifyInstance, clients: GatewayClie
         version: version ?? 0,
         input: input ?? {},
         conversationId: conversationId ?? "",
-        trigger: Trigger.API,
+        trigger: triggerOf(request),
       });
       return executeResponseJson(res);
+    },
+  );
+
+  app.post<{ Body: ExecuteBody }>(
+    "/api/executeWorkflowBackground",
+    {
+      schema: { body: executeBodySchema },
+      preValidation: requireScope(clients.auth, "workflows:execute", workflowIdOfBody, {
+        bucket: ExecutionBucket.ASYNC,
+      }),
+    },
+    async (request) => {
+      const { workflowId, version, input, conversationId } = request.body;
+      const principal = principalOf(request);
+      const res = await clients.executions.executeBackground({
+        tenantId: principal.tenantId,
+        workflowId,
+        version: version ?? 0,
+        input: input ?? {},
+        conversationId: conversationId ?? "",
+        trigger: triggerOf(request),
+      });
+      return {
+        conversationId: res.conversationId,
+        creditUsage: Number(res.creditUsage),
+        executionId: res.executionId,
+        status: "queued",
+      };
     },
   );
 }

@@ -2,24 +2,39 @@
  * The execution-completed event: built from the stored row, published to JetStream with a stable
  * Nats-Msg-Id, and republished by the outbox sweeper when the first attempt did not get an ack.
  */
-import { create, toBinary } from "@bufbuild/protobuf";
+import { create, fromJson, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { JetStreamClient } from "nats";
 import {
   type ExecutionCompleted,
   ExecutionCompletedSchema,
+  type WorkflowState,
+  WorkflowStateSchema,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
 import { costFromJson, statusFromText, traceSpansFromJson, triggerFromText } from "./records.js";
-import { type ExecutionRow, type ExecutorDb, findUnpublishedExecutions, markPublished } from "./store.js";
+import {
+  type ExecutionRow,
+  type ExecutorDb,
+  findUnpublishedExecutions,
+  findVersionState,
+  markPublished,
+} from "./store.js";
+
+/** What the completion carries about the workflow besides the execution row. */
+export interface CompletedWorkflow {
+  name: string;
+  description: string;
+  /** The folder holding the workflow, when workflows have folders. */
+  folderId?: string;
+  /** The definition of the version that ran; looked up by publishStoredExecution when absent. */
+  state?: WorkflowState;
+}
 
 const PUBLISH_TIMEOUT_MS = 5_000;
 
-export function completionEvent(
-  row: ExecutionRow,
-  workflow: { name: string; description: string },
-): ExecutionCompleted {
+export function completionEvent(row: ExecutionRow, workflow: CompletedWorkflow): ExecutionCompleted {
   return create(ExecutionCompletedSchema, {
     executionId: row.id,
     tenantId: row.tenant_id,
@@ -40,6 +55,8 @@ export function completionEvent(
     error: row.error ?? undefined,
     path: row.path,
     input: row.input,
+    workflowState: workflow.state,
+    folderId: workflow.folderId ?? "",
   });
 }
 
@@ -59,10 +76,12 @@ export async function publishCompletion(
 export async function publishStoredExecution(
   deps: { db: ExecutorDb; js: JetStreamClient; names: NatsNames; log: Logger },
   row: ExecutionRow,
-  workflow: { name: string; description: string },
+  workflow: CompletedWorkflow,
 ): Promise<boolean> {
   try {
-    await publishCompletion(deps.js, deps.names, completionEvent(row, workflow));
+    // The logs keep the definition that ran (seed 002's workflowState): it travels in the event.
+    const state = workflow.state ?? (await versionState(deps.db, row));
+    await publishCompletion(deps.js, deps.names, completionEvent(row, { ...workflow, state }));
   } catch (err) {
     deps.log.warn({ err, executionId: row.id }, "completion publish failed; the outbox will retry");
     return false;
@@ -74,6 +93,11 @@ export async function publishStoredExecution(
     deps.log.warn({ err, executionId: row.id }, "could not record the completion publish");
   }
   return true;
+}
+
+async function versionState(db: ExecutorDb, row: ExecutionRow): Promise<WorkflowState | undefined> {
+  const json = await findVersionState(db, row.tenant_id, row.workflow_id, row.workflow_version);
+  return json ? fromJson(WorkflowStateSchema, json, { ignoreUnknownFields: true }) : undefined;
 }
 
 // Rows younger than this are probably still being published by the request that wrote them.
@@ -123,7 +147,11 @@ export class OutboxSweeper {
       );
       for (const row of rows) {
         if (this.stopped) return published;
-        const workflow = { name: row.workflow_name, description: row.workflow_description };
+        const workflow = {
+          name: row.workflow_name,
+          description: row.workflow_description,
+          folderId: row.workflow_folder_id,
+        };
         // NATS is likely unreachable: try again next interval rather than hammering it.
         if (!(await publishStoredExecution(this.deps, row, workflow))) return published;
         published++;

@@ -1,42 +1,56 @@
-/** Running a workflow version synchronously, and reading conversations back. */
-import { create, type JsonObject } from "@bufbuild/protobuf";
+/**
+ * Running workflow versions: synchronously (Execute), or queued for the workers (ExecuteBackground);
+ * and reading conversations and executions back.
+ */
+import { create, type JsonObject, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { JetStreamClient } from "nats";
-import { NotFoundError } from "../platform/errors.js";
+import type { JetStreamClient, NatsConnection } from "nats";
+import { NotFoundError, UnavailableError } from "../platform/errors.js";
 import type { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
+import { RunRequestedSchema } from "../platform/gen/flowplane/events/v1/run_pb.js";
 import {
   type Conversation,
   ConversationSchema,
+  type ExecuteBackgroundResponse,
+  ExecuteBackgroundResponseSchema,
   type ExecuteResponse,
   ExecuteResponseSchema,
 } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { newId } from "../platform/ids.js";
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
-import { publishStoredExecution } from "./completion.js";
-import { checkWorkflowInput, runWorkflow } from "./engine/run.js";
+import { type CompletedWorkflow, publishStoredExecution } from "./completion.js";
+import { agentHistoryFromSpans } from "./engine/agent.js";
+import { costOfSpans } from "./engine/cost.js";
+import type { CompiledWorkflow } from "./engine/definition.js";
+import {
+  checkWorkflowInput,
+  type EngineDependencies,
+  type EngineSettings,
+  runWorkflow,
+  type WorkflowRunResult,
+} from "./engine/run.js";
 import type { FunctionSandbox } from "./engine/sandbox.js";
+import { costMessage, traceSpanMessage } from "./engine/trace.js";
+import type { LiveEvents } from "./live.js";
+import { costJson, executionMessage, statusFromText, traceSpansJson, triggerText } from "./records.js";
 import {
-  costJson,
-  costMessage,
-  executionMessage,
-  statusFromText,
-  traceSpanMessage,
-  traceSpansJson,
-  triggerText,
-} from "./records.js";
-import {
+  deleteQueuedExecution,
+  type ExecutionResult,
   type ExecutionRow,
   type ExecutorDb,
   findConversation,
   findWorkflow,
   insertExecution,
   listConversationExecutions,
+  type NewExecutionRow,
+  type WorkflowRow,
 } from "./store.js";
 import type { CompiledVersions } from "./versions.js";
 
 export interface ExecutionDeps {
   db: ExecutorDb;
+  nc: NatsConnection;
   js: JetStreamClient;
   names: NatsNames;
   log: Logger;
@@ -44,6 +58,11 @@ export interface ExecutionDeps {
   versions: CompiledVersions;
   /** Price of one execution, USD. */
   basePriceUsd: number;
+  /** A run still going after this long is aborted and ends with an error, ms. */
+  runTimeoutMs: number;
+  live: LiveEvents;
+  /** Block settings (api, agent, wait, loop, parallel, workflow); the engine's defaults when absent. */
+  engine?: EngineSettings;
 }
 
 export interface ExecuteCommand {
@@ -69,11 +88,23 @@ export function priceExecution(costUsd: number): { costUsd: number; credits: num
   };
 }
 
-/**
- * Runs the workflow and answers once the execution is stored; its completion is published before
- * answering when JetStream acks in time, otherwise the outbox sweeper publishes it later.
- */
-export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<ExecuteResponse> {
+/** An execution that passed every check and can run. */
+export interface PreparedExecution {
+  workflow: WorkflowRow;
+  version: number;
+  compiled: CompiledWorkflow;
+  conversationId: string;
+  /** Set when the execution starts a conversation; stored with the execution. */
+  newConversation?: { id: string; createdAt: Date };
+  validatedInput: JsonObject;
+}
+
+export function workflowInfo(workflow: WorkflowRow): CompletedWorkflow {
+  return { name: workflow.name, description: workflow.description, folderId: workflow.folder_id };
+}
+
+/** Every check an execution request gets before anything runs or is stored (NotFound, InvalidArgument). */
+export async function prepareExecution(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<PreparedExecution> {
   const workflow = await findWorkflow(deps.db, cmd.tenantId, cmd.workflowId);
   if (!workflow) throw new NotFoundError(`workflow ${cmd.workflowId} not found`);
   const version = cmd.version === 0 ? workflow.latest_version : cmd.version;
@@ -92,55 +123,247 @@ export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand):
     newConversation = { id: newId("conv"), createdAt: new Date() };
     conversationId = newConversation.id;
   }
-
   const validatedInput = checkWorkflowInput(compiled, cmd.input);
-  const startedAt = new Date();
-  const result = await runWorkflow(compiled, cmd.input, validatedInput, { sandbox: deps.sandbox });
-  const endedAt = new Date();
-  const { costUsd, credits } = priceExecution(deps.basePriceUsd);
+  return { workflow, version, compiled, conversationId, newConversation, validatedInput };
+}
 
-  const row: ExecutionRow = {
-    id: newId("exec", startedAt.getTime()),
-    tenant_id: cmd.tenantId,
-    workflow_id: cmd.workflowId,
-    workflow_version: version,
-    conversation_id: conversationId,
+export interface RunControl {
+  /** Aborts the run: "cancelled" for a cancellation. */
+  signal?: AbortSignal;
+  executionId: string;
+  /** Publish block events on `<ns>.live.<executionId>` (background runs, which can be watched). */
+  live: boolean;
+}
+
+// After an abort, how long the engine may take to wind down before its result is given up on.
+const ABORT_GRACE_MS = 2_000;
+
+/**
+ * Runs a prepared execution under the run timeout and `control.signal`; an aborted run ends with
+ * status error and the abort's reason as its error ("cancelled", "run timed out after … ms").
+ */
+export async function runPrepared(
+  deps: ExecutionDeps,
+  prepared: PreparedExecution,
+  rawInput: JsonObject,
+  control: RunControl,
+): Promise<ExecutionResult & { started_at: Date }> {
+  const controller = new AbortController();
+  const timeout = setTimeout(
+    () => controller.abort(new Error(`run timed out after ${deps.runTimeoutMs} ms`)),
+    deps.runTimeoutMs,
+  );
+  const onOuterAbort = () => controller.abort(control.signal?.reason ?? new Error("cancelled"));
+  if (control.signal?.aborted) onOuterAbort();
+  control.signal?.addEventListener("abort", onOuterAbort, { once: true });
+  const signal = controller.signal;
+
+  const tenantId = prepared.workflow.tenant_id;
+  // Agent blocks continue the conversation: earlier executions' agent turns are their history.
+  const history = prepared.newConversation
+    ? new Map()
+    : agentHistoryFromSpans(
+        (await listConversationExecutions(deps.db, tenantId, prepared.conversationId))
+          .filter((row) => row.id !== control.executionId)
+          .map((row) => row.trace_spans),
+      );
+  const engineContext: EngineDependencies = {
+    sandbox: deps.sandbox,
+    signal,
+    onBlockEvent: control.live ? deps.live.blockListener(control.executionId) : undefined,
+    settings: deps.engine,
+    history,
+    loadWorkflow: async (workflowId, version) => {
+      let wanted = version;
+      if (wanted === 0) wanted = (await findWorkflow(deps.db, tenantId, workflowId))?.latest_version ?? 0;
+      return wanted === 0 ? undefined : deps.versions.load(deps.db, tenantId, workflowId, wanted);
+    },
+  };
+  const startedAt = new Date();
+  let result: WorkflowRunResult;
+  try {
+    result = await untilAbortedPlusGrace(
+      runWorkflow(prepared.compiled, rawInput, prepared.validatedInput, engineContext),
+      signal,
+    );
+  } finally {
+    clearTimeout(timeout);
+    control.signal?.removeEventListener("abort", onOuterAbort);
+  }
+  if (signal.aborted) {
+    result = { ...result, status: "error", error: abortReason(signal) };
+  }
+  const endedAt = new Date();
+  const cost = costOfSpans(result.spans, deps.basePriceUsd);
+  const { costUsd, credits } = priceExecution(cost.total);
+  return {
     status: result.status,
-    trigger: triggerText(cmd.trigger),
-    input: cmd.input,
-    output: result.output,
+    output: JSON.stringify(result.output),
     path: result.path,
     error: result.error ?? null,
-    warnings: [],
-    trace_spans: traceSpansJson(result.spans.map(traceSpanMessage)),
+    trace_spans: JSON.stringify(traceSpansJson(result.spans.map(traceSpanMessage))),
     cost: costUsd,
-    cost_detail: costJson(costMessage(costUsd)),
+    cost_detail: JSON.stringify(costJson(costMessage({ ...cost, total: costUsd }))),
     credit_usage: credits,
     started_at: startedAt,
     ended_at: endedAt,
     duration_ms: endedAt.getTime() - startedAt.getTime(),
+  };
+}
+
+function abortReason(signal: AbortSignal): string {
+  const reason: unknown = signal.reason;
+  return reason instanceof Error ? reason.message : typeof reason === "string" ? reason : "cancelled";
+}
+
+/** The engine's result, or an empty error result when it does not wind down soon after an abort. */
+function untilAbortedPlusGrace(
+  run: Promise<WorkflowRunResult>,
+  signal: AbortSignal,
+): Promise<WorkflowRunResult> {
+  return new Promise((resolve, reject) => {
+    let grace: NodeJS.Timeout | undefined;
+    const onAbort = () => {
+      grace = setTimeout(
+        () =>
+          resolve({
+            status: "error",
+            output: {},
+            path: [],
+            spans: [],
+            error: abortReason(signal),
+            cancelled: true,
+          }),
+        ABORT_GRACE_MS,
+      );
+    };
+    if (signal.aborted) onAbort();
+    else signal.addEventListener("abort", onAbort, { once: true });
+    run.then(resolve, reject).finally(() => {
+      clearTimeout(grace);
+      signal.removeEventListener("abort", onAbort);
+    });
+  });
+}
+
+/** Stored rows hold JSON columns as strings on the way in and parsed on the way out. */
+function storedRow(row: NewExecutionRow & ExecutionResult): ExecutionRow {
+  return {
+    ...row,
+    output: JSON.parse(row.output as string),
+    trace_spans: JSON.parse(row.trace_spans as string),
+    cost_detail: JSON.parse(row.cost_detail as string),
+    input: JSON.parse(row.input as string),
+    error: row.error ?? null,
+    warnings: row.warnings ?? [],
+    ended_at: row.ended_at ?? null,
+    published_at: null,
+    attempts: row.attempts ?? 0,
+    cancel_requested: row.cancel_requested ?? false,
+  } as ExecutionRow;
+}
+
+/**
+ * Runs the workflow and answers once the execution is stored; its completion is published before
+ * answering when JetStream acks in time, otherwise the outbox sweeper publishes it later.
+ */
+export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<ExecuteResponse> {
+  const prepared = await prepareExecution(deps, cmd);
+  const executionId = newId("exec");
+  const result = await runPrepared(deps, prepared, cmd.input, { executionId, live: false });
+  const row: NewExecutionRow & ExecutionResult = {
+    ...result,
+    id: executionId,
+    tenant_id: cmd.tenantId,
+    workflow_id: cmd.workflowId,
+    workflow_version: prepared.version,
+    conversation_id: prepared.conversationId,
+    trigger: triggerText(cmd.trigger),
+    input: JSON.stringify(cmd.input),
+    warnings: [],
     published_at: null,
   };
-  await insertExecution(
-    deps.db,
-    {
-      ...row,
-      input: JSON.stringify(row.input),
-      output: JSON.stringify(row.output),
-      trace_spans: JSON.stringify(row.trace_spans),
-      cost_detail: JSON.stringify(row.cost_detail),
-    },
-    newConversation,
-  );
-  await publishStoredExecution(deps, row, workflow);
+  await insertExecution(deps.db, row, prepared.newConversation);
+  const stored = storedRow(row);
+  await publishStoredExecution(deps, stored, {
+    ...workflowInfo(prepared.workflow),
+    state: deps.versions.cachedState(cmd.tenantId, cmd.workflowId, prepared.version),
+  });
 
   return create(ExecuteResponseSchema, {
-    conversationId,
+    conversationId: prepared.conversationId,
+    executionId,
+    output: stored.output,
+    creditUsage: BigInt(stored.credit_usage),
+    status: statusFromText(stored.status),
+    error: stored.error ?? undefined,
+  });
+}
+
+/** The row of an execution that waits in the queue: nothing ran, nothing is charged yet. */
+export function queuedExecutionRow(
+  prepared: PreparedExecution,
+  cmd: ExecuteCommand,
+  id: string,
+): NewExecutionRow {
+  return {
+    id,
+    tenant_id: cmd.tenantId,
+    workflow_id: cmd.workflowId,
+    workflow_version: prepared.version,
+    conversation_id: prepared.conversationId,
+    status: "queued",
+    trigger: triggerText(cmd.trigger),
+    input: JSON.stringify(cmd.input),
+    output: "{}",
+    path: [],
+    error: null,
+    warnings: [],
+    trace_spans: "[]",
+    cost: 0,
+    cost_detail: "{}",
+    credit_usage: 0,
+    started_at: new Date(),
+    ended_at: null,
+    duration_ms: 0,
+    published_at: null,
+  };
+}
+
+/** Hands a committed queued execution to the workers; de-duplicated by execution id. */
+export async function publishRunRequest(
+  deps: Pick<ExecutionDeps, "js" | "names">,
+  tenantId: string,
+  executionId: string,
+  newConversation: boolean,
+): Promise<void> {
+  const request = create(RunRequestedSchema, { executionId, tenantId, newConversation });
+  await deps.js.publish(deps.names.runRequest, toBinary(RunRequestedSchema, request), {
+    msgID: executionId,
+    timeout: 5_000,
+  });
+}
+
+/** Stores a queued execution and queues it; answers at once with nothing charged. */
+export async function executeInBackground(
+  deps: ExecutionDeps,
+  cmd: ExecuteCommand,
+): Promise<ExecuteBackgroundResponse> {
+  const prepared = await prepareExecution(deps, cmd);
+  const row = queuedExecutionRow(prepared, cmd, newId("exec"));
+  await insertExecution(deps.db, row, prepared.newConversation);
+  try {
+    await publishRunRequest(deps, cmd.tenantId, row.id, prepared.newConversation !== undefined);
+  } catch (err) {
+    deps.log.warn({ err, executionId: row.id }, "run request not queued; execution withdrawn");
+    await deleteQueuedExecution(deps.db, cmd.tenantId, row.id, prepared.newConversation?.id);
+    throw new UnavailableError("the run queue is unavailable; try again");
+  }
+  return create(ExecuteBackgroundResponseSchema, {
+    conversationId: prepared.conversationId,
     executionId: row.id,
-    output: row.output,
-    creditUsage: BigInt(credits),
-    status: statusFromText(row.status),
-    error: row.error ?? undefined,
+    creditUsage: 0n,
+    status: statusFromText("queued"),
   });
 }
 

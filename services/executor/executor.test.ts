@@ -71,6 +71,9 @@ beforeAll(async () => {
     filter_subject: names.executionCompletedAll,
   });
   sql = new pg.Pool({ connectionString: db.url, options: "-c search_path=executor", max: 2 });
+  // Dropping the test database with force ends these connections; that is no test failure.
+  sql.on("error", () => {});
+  sql.on("connect", (client) => client.on("error", () => {}));
   const { workflow } = await workflows.createWorkflow({
     tenantId: TENANT,
     name: "Demo",

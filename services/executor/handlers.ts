@@ -1,12 +1,25 @@
 /** RPC handlers: request-level checks, then the function that does the work. */
+import type { JsonObject } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
-import { InvalidArgumentError } from "../platform/errors.js";
+import { InvalidArgumentError, toConnectError } from "../platform/errors.js";
 import type { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
-import { type ExecutionDeps, executeWorkflow, getConversation } from "./executions.js";
-import { createWorkflow, publishVersion, type WorkflowDeps } from "./workflows.js";
+import { cancelExecution, getExecution } from "./cancel.js";
+import {
+  type ExecuteCommand,
+  type ExecutionDeps,
+  executeInBackground,
+  executeWorkflow,
+  getConversation,
+} from "./executions.js";
+import { createHook, triggerHook } from "./hooks.js";
+import { createSchedule, deleteSchedule, listSchedules } from "./schedules.js";
+import { watchExecution } from "./watch.js";
+import { createWorkflow, getWorkflow, listWorkflows, publishVersion } from "./workflows.js";
 
 const MAX_NAME_LENGTH = 200;
 const MAX_DESCRIPTION_LENGTH = 10_000;
+const DEFAULT_PAGE = 50;
+const MAX_PAGE = 200;
 
 function required(value: string, field: string): string {
   if (value.trim() === "") throw new InvalidArgumentError(`${field} is required`);
@@ -22,7 +35,50 @@ function validTenantId(value: string): string {
   return value;
 }
 
-export function workflowHandlers(deps: WorkflowDeps): ServiceImpl<typeof WorkflowService> {
+// Execution ids become a NATS subject token (live events) too.
+const EXECUTION_ID = /^exec_[0-9a-z]{26}$/;
+
+function validExecutionId(value: string): string {
+  required(value, "execution_id");
+  if (!EXECUTION_ID.test(value)) throw new InvalidArgumentError("execution_id is not an execution id");
+  return value;
+}
+
+const FOLDER_ID = /^[A-Za-z0-9_.:-]{1,200}$/;
+
+function validFolderId(value: string): string {
+  if (value !== "" && !FOLDER_ID.test(value)) {
+    throw new InvalidArgumentError("folder_id must be 1-200 characters of letters, digits and _ . : -");
+  }
+  return value;
+}
+
+function validVersion(version: number): number {
+  if (version < 0) {
+    throw new InvalidArgumentError("version must be a published version number, or 0 for the latest");
+  }
+  return version;
+}
+
+function executeCommand(req: {
+  tenantId: string;
+  workflowId: string;
+  version: number;
+  input?: JsonObject;
+  conversationId: string;
+  trigger: ExecuteCommand["trigger"];
+}): ExecuteCommand {
+  return {
+    tenantId: validTenantId(req.tenantId),
+    workflowId: required(req.workflowId, "workflow_id"),
+    version: validVersion(req.version),
+    input: req.input ?? {},
+    conversationId: req.conversationId,
+    trigger: req.trigger,
+  };
+}
+
+export function workflowHandlers(deps: ExecutionDeps): ServiceImpl<typeof WorkflowService> {
   return {
     async createWorkflow(req) {
       const tenantId = validTenantId(req.tenantId);
@@ -33,7 +89,13 @@ export function workflowHandlers(deps: WorkflowDeps): ServiceImpl<typeof Workflo
       if (req.description.length > MAX_DESCRIPTION_LENGTH) {
         throw new InvalidArgumentError(`description must be at most ${MAX_DESCRIPTION_LENGTH} characters`);
       }
-      return createWorkflow(deps, { tenantId, name, description: req.description, state: req.state });
+      return createWorkflow(deps, {
+        tenantId,
+        name,
+        description: req.description,
+        folderId: validFolderId(req.folderId),
+        state: req.state,
+      });
     },
 
     async publishVersion(req) {
@@ -42,25 +104,74 @@ export function workflowHandlers(deps: WorkflowDeps): ServiceImpl<typeof Workflo
       if (!req.state) throw new InvalidArgumentError("state is required");
       return { version: await publishVersion(deps, { tenantId, workflowId, state: req.state }) };
     },
+
+    async getWorkflow(req) {
+      return getWorkflow(deps, {
+        tenantId: validTenantId(req.tenantId),
+        workflowId: required(req.workflowId, "workflow_id"),
+      });
+    },
+
+    async listWorkflows(req) {
+      if (req.limit < 0 || req.limit > MAX_PAGE) {
+        throw new InvalidArgumentError(`limit must be between 1 and ${MAX_PAGE} (0 for ${DEFAULT_PAGE})`);
+      }
+      return listWorkflows(deps, {
+        tenantId: validTenantId(req.tenantId),
+        limit: req.limit || DEFAULT_PAGE,
+        cursor: req.cursor,
+        folderId: validFolderId(req.folderId),
+      });
+    },
+
+    async createSchedule(req) {
+      const schedule = await createSchedule(deps, {
+        tenantId: validTenantId(req.tenantId),
+        workflowId: required(req.workflowId, "workflow_id"),
+        version: validVersion(req.version),
+        cron: required(req.cron, "cron").trim(),
+        timezone: req.timezone.trim() || "UTC",
+        input: req.input ?? {},
+      });
+      return { schedule };
+    },
+
+    async listSchedules(req) {
+      const schedules = await listSchedules(
+        deps.db,
+        validTenantId(req.tenantId),
+        required(req.workflowId, "workflow_id"),
+      );
+      return { schedules };
+    },
+
+    async deleteSchedule(req) {
+      await deleteSchedule(deps.db, {
+        tenantId: validTenantId(req.tenantId),
+        workflowId: required(req.workflowId, "workflow_id"),
+        scheduleId: required(req.scheduleId, "schedule_id"),
+      });
+      return {};
+    },
+
+    async createHook(req) {
+      return createHook(deps, {
+        tenantId: validTenantId(req.tenantId),
+        workflowId: required(req.workflowId, "workflow_id"),
+        version: validVersion(req.version),
+      });
+    },
   };
 }
 
 export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof ExecutionService> {
   return {
     async execute(req) {
-      const tenantId = validTenantId(req.tenantId);
-      const workflowId = required(req.workflowId, "workflow_id");
-      if (req.version < 0) {
-        throw new InvalidArgumentError("version must be a published version number, or 0 for the latest");
-      }
-      return executeWorkflow(deps, {
-        tenantId,
-        workflowId,
-        version: req.version,
-        input: req.input ?? {},
-        conversationId: req.conversationId,
-        trigger: req.trigger,
-      });
+      return executeWorkflow(deps, executeCommand(req));
+    },
+
+    async executeBackground(req) {
+      return executeInBackground(deps, executeCommand(req));
     },
 
     async getConversation(req) {
@@ -70,6 +181,45 @@ export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof Execu
         conversationId: required(req.conversationId, "conversation_id"),
       });
       return { conversation };
+    },
+
+    async cancelExecution(req) {
+      const execution = await cancelExecution(
+        deps,
+        validTenantId(req.tenantId),
+        validExecutionId(req.executionId),
+      );
+      return { execution };
+    },
+
+    async getExecution(req) {
+      const execution = await getExecution(
+        deps,
+        validTenantId(req.tenantId),
+        validExecutionId(req.executionId),
+      );
+      return { execution };
+    },
+
+    async *watchExecution(req, ctx) {
+      try {
+        const tenantId = validTenantId(req.tenantId);
+        const executionId = validExecutionId(req.executionId);
+        for await (const event of watchExecution(deps, tenantId, executionId, ctx.signal)) {
+          yield { event };
+        }
+      } catch (err) {
+        // A streaming handler's errors surface after the interceptor returned, so they are mapped here.
+        throw toConnectError(err);
+      }
+    },
+
+    async triggerHook(req) {
+      return triggerHook(deps, {
+        hookId: required(req.hookId, "hook_id"),
+        secret: req.secret,
+        input: req.input ?? {},
+      });
     },
   };
 }

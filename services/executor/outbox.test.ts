@@ -66,6 +66,9 @@ beforeAll(async () => {
   nc = await connect({ servers: TEST_NATS_URL });
   jsm = await nc.jetstreamManager();
   sql = new pg.Pool({ connectionString: db.url, options: "-c search_path=executor", max: 2 });
+  // Dropping the test database with force ends these connections; that is no test failure.
+  sql.on("error", () => {});
+  sql.on("connect", (client) => client.on("error", () => {}));
 });
 
 afterAll(async () => {

@@ -6,10 +6,14 @@ import { ensureStream, executionsStreamConfig } from "../platform/nats.js";
 import type { ServiceDefinition } from "../platform/service.js";
 import { OutboxSweeper } from "./completion.js";
 import { FunctionSandbox } from "./engine/sandbox.js";
+import { engineSettingsSpec, readEngineSettings } from "./engine/settings.js";
 import type { ExecutionDeps } from "./executions.js";
 import { executionHandlers, workflowHandlers } from "./handlers.js";
+import { LiveEvents } from "./live.js";
+import { ScheduleTicker } from "./schedules.js";
 import type { Database } from "./store.js";
 import { CompiledVersions } from "./versions.js";
+import { RunWorkers, runsStreamConfig } from "./worker.js";
 
 export const executorSettings = {
   port: env.int("EXECUTOR_PORT", "executor RPC port (gRPC, gRPC-Web and Connect on h2c)", {
@@ -17,6 +21,7 @@ export const executorSettings = {
     min: 0,
     max: 65535,
   }),
+  ...engineSettingsSpec,
   functionTimeoutMs: env.int("EXECUTOR_FUNCTION_TIMEOUT_MS", "CPU-time limit of one function block run, ms", {
     default: 1000,
     min: 1,
@@ -41,6 +46,26 @@ export const executorSettings = {
     "how often executions whose completion event was not acknowledged are republished, ms",
     { default: 5000, min: 10 },
   ),
+  runTimeoutMs: env.int("EXECUTOR_RUN_TIMEOUT_MS", "a run still going after this long is aborted, ms", {
+    default: 300_000,
+    min: 10,
+    max: 86_400_000,
+  }),
+  workerConcurrency: env.int(
+    "EXECUTOR_WORKER_CONCURRENCY",
+    "background runs one executor process works on at once; 0 runs none (API-only replica)",
+    { default: 32, min: 0, max: 1024 },
+  ),
+  runAckWaitMs: env.int(
+    "EXECUTOR_RUN_ACK_WAIT_MS",
+    "how long a background run may go without a worker heartbeat before another worker takes it over, ms",
+    { default: 30_000, min: 300, max: 3_600_000 },
+  ),
+  schedulePollMs: env.int("EXECUTOR_SCHEDULE_POLL_MS", "how often schedules are checked for due ticks, ms", {
+    default: 1000,
+    min: 50,
+    max: 60_000,
+  }),
 };
 
 export const executorService: ServiceDefinition<Database, typeof executorSettings> = {
@@ -62,9 +87,23 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
       sandbox,
       versions: new CompiledVersions(),
       basePriceUsd: ctx.config.basePriceUsd,
+      nc: ctx.nc,
+      runTimeoutMs: ctx.config.runTimeoutMs,
+      live: new LiveEvents(ctx.nc, ctx.names, ctx.log),
+      engine: readEngineSettings(ctx.config),
     };
+    // Declared here too, so ExecuteBackground can queue on an API-only replica.
+    await ensureStream(ctx.jsm, runsStreamConfig(ctx.names));
     const outbox = new OutboxSweeper(deps, ctx.config.outboxIntervalMs);
     outbox.start();
+    const workers = new RunWorkers(deps, {
+      concurrency: ctx.config.workerConcurrency,
+      ackWaitMs: ctx.config.runAckWaitMs,
+      jsm: ctx.jsm,
+    });
+    await workers.start();
+    const ticker = new ScheduleTicker(deps, ctx.config.schedulePollMs);
+    ticker.start();
     return {
       services: [WorkflowService, ExecutionService],
       routes(router) {
@@ -72,6 +111,8 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
         router.service(ExecutionService, executionHandlers(deps));
       },
       async stop() {
+        await ticker.stop();
+        await workers.stop();
         await outbox.stop();
         await sandbox.close();
       },

@@ -15,6 +15,8 @@ export interface WorkflowsTable {
   name: string;
   description: string;
   latest_version: number;
+  /** Empty when the workflow is in no folder. */
+  folder_id: ColumnType<string, string | undefined, string>;
   created_at: CreatedAt;
 }
 
@@ -58,6 +60,38 @@ export interface ExecutionsTable {
   ended_at: Date | null;
   duration_ms: number;
   published_at: Date | null;
+  /** How many times a worker took this background run. */
+  attempts: ColumnType<number, number | undefined, number>;
+  /** Set when a cancel arrived while the run was running; its worker stops it. */
+  cancel_requested: ColumnType<boolean, boolean | undefined, boolean>;
+}
+
+export interface SchedulesTable {
+  id: string;
+  tenant_id: string;
+  workflow_id: string;
+  /** 0 = the latest version at each tick. */
+  version: number;
+  cron: string;
+  timezone: string;
+  input: Jsonb<JsonObject>;
+  created_at: CreatedAt;
+}
+
+export interface ScheduleTicksTable {
+  schedule_id: string;
+  tick_at: Date;
+  execution_id: string;
+}
+
+export interface HooksTable {
+  id: string;
+  tenant_id: string;
+  workflow_id: string;
+  /** 0 = the latest version. */
+  version: number;
+  secret_sha256: string;
+  created_at: CreatedAt;
 }
 
 export interface Database {
@@ -65,6 +99,9 @@ export interface Database {
   workflow_versions: WorkflowVersionsTable;
   conversations: ConversationsTable;
   executions: ExecutionsTable;
+  schedules: SchedulesTable;
+  schedule_ticks: ScheduleTicksTable;
+  hooks: HooksTable;
 }
 
 export type ExecutorDb = Kysely<Database>;
@@ -73,10 +110,12 @@ export type WorkflowVersionRow = Selectable<WorkflowVersionsTable>;
 export type ConversationRow = Selectable<ConversationsTable>;
 export type ExecutionRow = Selectable<ExecutionsTable>;
 export type NewExecutionRow = Insertable<ExecutionsTable>;
+export type ScheduleRow = Selectable<SchedulesTable>;
+export type HookRow = Selectable<HooksTable>;
 
 export async function insertWorkflow(
   db: ExecutorDb,
-  workflow: { id: string; tenantId: string; name: string; description: string },
+  workflow: { id: string; tenantId: string; name: string; description: string; folderId: string },
   firstVersionState: JsonObject | undefined,
 ): Promise<{ workflow: WorkflowRow; version?: WorkflowVersionRow }> {
   return db.transaction().execute(async (tx) => {
@@ -87,6 +126,7 @@ export async function insertWorkflow(
         tenant_id: workflow.tenantId,
         name: workflow.name,
         description: workflow.description,
+        folder_id: workflow.folderId,
         latest_version: firstVersionState === undefined ? 0 : 1,
       })
       .returningAll()
@@ -180,26 +220,31 @@ export async function findConversation(
     .executeTakeFirst();
 }
 
-/** Writes an execution, creating its conversation first when it is new, in one transaction. */
+/**
+ * Writes an execution, creating its conversation first when it is new: one statement (the
+ * conversation in a data-modifying CTE), so one round trip and atomic without a transaction.
+ */
 export async function insertExecution(
   db: ExecutorDb,
   execution: NewExecutionRow,
   newConversation: { id: string; createdAt: Date } | undefined,
 ): Promise<void> {
-  await db.transaction().execute(async (tx) => {
-    if (newConversation) {
-      await tx
-        .insertInto("conversations")
-        .values({
-          id: newConversation.id,
-          tenant_id: execution.tenant_id,
-          workflow_id: execution.workflow_id,
-          created_at: newConversation.createdAt,
-        })
-        .execute();
-    }
-    await tx.insertInto("executions").values(execution).execute();
-  });
+  if (!newConversation) {
+    await db.insertInto("executions").values(execution).execute();
+    return;
+  }
+  await db
+    .with("new_conversation", (qb) =>
+      qb.insertInto("conversations").values({
+        id: newConversation.id,
+        tenant_id: execution.tenant_id,
+        workflow_id: execution.workflow_id,
+        created_at: newConversation.createdAt,
+      }),
+    )
+    .insertInto("executions")
+    .values(execution)
+    .execute();
 }
 
 export async function markPublished(db: ExecutorDb, tenantId: string, executionId: string): Promise<void> {
@@ -227,7 +272,11 @@ export async function listConversationExecutions(
     .execute();
 }
 
-export type UnpublishedExecution = ExecutionRow & { workflow_name: string; workflow_description: string };
+export type UnpublishedExecution = ExecutionRow & {
+  workflow_name: string;
+  workflow_description: string;
+  workflow_folder_id: string;
+};
 
 /**
  * Executions whose completion was never acknowledged and that started before `startedBefore`,
@@ -239,16 +288,184 @@ export async function findUnpublishedExecutions(
   startedBefore: Date,
   limit: number,
 ): Promise<UnpublishedExecution[]> {
+  return (
+    db
+      .selectFrom("executions as e")
+      .innerJoin("workflows as w", (join) =>
+        join.onRef("w.id", "=", "e.workflow_id").onRef("w.tenant_id", "=", "e.tenant_id"),
+      )
+      .selectAll("e")
+      .select([
+        "w.name as workflow_name",
+        "w.description as workflow_description",
+        "w.folder_id as workflow_folder_id",
+      ])
+      .where("e.published_at", "is", null)
+      // Queued and running background executions have nothing to publish yet.
+      .where("e.status", "in", ["success", "error"])
+      .where("e.started_at", "<", startedBefore)
+      .orderBy("e.started_at", "asc")
+      .limit(limit)
+      .execute()
+  );
+}
+
+/** A page of the tenant's workflows, newest first, after the workflow id `afterId` when given. */
+export async function listWorkflows(
+  db: ExecutorDb,
+  tenantId: string,
+  opts: { limit: number; beforeId?: string; folderId?: string },
+): Promise<WorkflowRow[]> {
+  let query = db.selectFrom("workflows").selectAll().where("tenant_id", "=", tenantId);
+  if (opts.folderId) query = query.where("folder_id", "=", opts.folderId);
+  if (opts.beforeId) query = query.where("id", "<", opts.beforeId);
+  return query.orderBy("id", "desc").limit(opts.limit).execute();
+}
+
+export async function listVersions(
+  db: ExecutorDb,
+  tenantId: string,
+  workflowId: string,
+): Promise<{ version: number; created_at: Date }[]> {
   return db
-    .selectFrom("executions as e")
-    .innerJoin("workflows as w", (join) =>
-      join.onRef("w.id", "=", "e.workflow_id").onRef("w.tenant_id", "=", "e.tenant_id"),
-    )
-    .selectAll("e")
-    .select(["w.name as workflow_name", "w.description as workflow_description"])
-    .where("e.published_at", "is", null)
-    .where("e.started_at", "<", startedBefore)
-    .orderBy("e.started_at", "asc")
-    .limit(limit)
+    .selectFrom("workflow_versions")
+    .select(["version", "created_at"])
+    .where("tenant_id", "=", tenantId)
+    .where("workflow_id", "=", workflowId)
+    .orderBy("version", "asc")
     .execute();
+}
+
+export async function findExecution(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+): Promise<ExecutionRow | undefined> {
+  return db
+    .selectFrom("executions")
+    .selectAll()
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .executeTakeFirst();
+}
+
+/** Removes a queued execution that could not be queued (and its conversation when it was new). */
+export async function deleteQueuedExecution(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+  newConversationId: string | undefined,
+): Promise<void> {
+  await db.transaction().execute(async (tx) => {
+    await tx
+      .deleteFrom("executions")
+      .where("tenant_id", "=", tenantId)
+      .where("id", "=", executionId)
+      .where("status", "=", "queued")
+      .execute();
+    if (newConversationId) {
+      await tx
+        .deleteFrom("conversations")
+        .where("tenant_id", "=", tenantId)
+        .where("id", "=", newConversationId)
+        .execute();
+    }
+  });
+}
+
+/**
+ * Takes a queued execution, or one left `running` by a worker that died (its run request was
+ * redelivered), for a run: status running, started now. Undefined when it already finished.
+ */
+export async function claimExecution(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+): Promise<ExecutionRow | undefined> {
+  return db
+    .updateTable("executions")
+    .set((eb) => ({ status: "running", started_at: new Date(), attempts: eb("attempts", "+", 1) }))
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("status", "in", ["queued", "running"])
+    .returningAll()
+    .executeTakeFirst();
+}
+
+export type ExecutionResult = Pick<
+  NewExecutionRow,
+  | "status"
+  | "output"
+  | "path"
+  | "error"
+  | "trace_spans"
+  | "cost"
+  | "cost_detail"
+  | "credit_usage"
+  | "ended_at"
+  | "duration_ms"
+>;
+
+/** Stores a background run's result; undefined when the execution is no longer running. */
+export async function finishExecution(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+  result: ExecutionResult,
+): Promise<ExecutionRow | undefined> {
+  return db
+    .updateTable("executions")
+    .set(result)
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("status", "=", "running")
+    .returningAll()
+    .executeTakeFirst();
+}
+
+/** Cancels a queued execution without running it; undefined when it is not queued. */
+export async function cancelQueuedExecution(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+  message: string,
+): Promise<ExecutionRow | undefined> {
+  return db
+    .updateTable("executions")
+    .set({ status: "error", error: message, ended_at: new Date(), cancel_requested: true })
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("status", "=", "queued")
+    .returningAll()
+    .executeTakeFirst();
+}
+
+/** Flags a running execution for cancellation; undefined when it is not running. */
+export async function requestCancel(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+): Promise<ExecutionRow | undefined> {
+  return db
+    .updateTable("executions")
+    .set({ cancel_requested: true })
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("status", "=", "running")
+    .returningAll()
+    .executeTakeFirst();
+}
+
+export async function isCancelRequested(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+): Promise<boolean> {
+  const row = await db
+    .selectFrom("executions")
+    .select("cancel_requested")
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .executeTakeFirst();
+  return row?.cancel_requested ?? false;
 }

@@ -1,22 +1,39 @@
 import { fromJson } from "@bufbuild/protobuf";
-import { WorkflowStateSchema } from "../platform/gen/flowplane/events/v1/execution_pb.js";
+import { type WorkflowState, WorkflowStateSchema } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { type CompiledWorkflow, compileWorkflow } from "./engine/definition.js";
 import { type ExecutorDb, findVersionState } from "./store.js";
+
+interface Entry {
+  compiled: CompiledWorkflow;
+  /** The definition as published, for the completion event's snapshot. */
+  state: WorkflowState;
+}
 
 /**
  * Compiled workflow versions, least recently used evicted. Versions are immutable, so an entry
  * never goes stale; the key carries the tenant so a lookup can only ever hit the caller's own.
  */
 export class CompiledVersions {
-  private readonly entries = new Map<string, CompiledWorkflow>();
+  private readonly entries = new Map<string, Entry>();
 
   constructor(private readonly maxEntries = 1_000) {}
 
-  remember(tenantId: string, workflowId: string, version: number, compiled: CompiledWorkflow): void {
+  remember(
+    tenantId: string,
+    workflowId: string,
+    version: number,
+    compiled: CompiledWorkflow,
+    state: WorkflowState,
+  ): void {
     const key = `${tenantId}/${workflowId}/${version}`;
     this.entries.delete(key);
-    this.entries.set(key, compiled);
+    this.entries.set(key, { compiled, state });
     if (this.entries.size > this.maxEntries) this.entries.delete(this.entries.keys().next().value!);
+  }
+
+  /** The definition of a version loaded or published by this process, if still cached. */
+  cachedState(tenantId: string, workflowId: string, version: number): WorkflowState | undefined {
+    return this.entries.get(`${tenantId}/${workflowId}/${version}`)?.state;
   }
 
   /** The compiled version, or undefined when the tenant has no such workflow version. */
@@ -31,12 +48,13 @@ export class CompiledVersions {
     if (cached) {
       this.entries.delete(key);
       this.entries.set(key, cached);
-      return cached;
+      return cached.compiled;
     }
-    const state = await findVersionState(db, tenantId, workflowId, version);
-    if (state === undefined) return undefined;
-    const compiled = compileWorkflow(fromJson(WorkflowStateSchema, state, { ignoreUnknownFields: true }));
-    this.remember(tenantId, workflowId, version, compiled);
+    const json = await findVersionState(db, tenantId, workflowId, version);
+    if (json === undefined) return undefined;
+    const state = fromJson(WorkflowStateSchema, json, { ignoreUnknownFields: true });
+    const compiled = compileWorkflow(state);
+    this.remember(tenantId, workflowId, version, compiled, state);
     return compiled;
   }
 }

@@ -1,0 +1,69 @@
+/**
+ * Cancelling background executions: a queued one ends at once without running; a running one is
+ * flagged in its row (seen by a worker that takes it over after a crash) and aborted through the
+ * core NATS cancel subject by whichever worker runs it. Both end as status error, error "cancelled".
+ */
+import { create, toBinary } from "@bufbuild/protobuf";
+import { FailedPreconditionError, NotFoundError } from "../platform/errors.js";
+import { RunCancelRequestedSchema } from "../platform/gen/flowplane/events/v1/run_pb.js";
+import type { Execution } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
+import { publishStoredExecution } from "./completion.js";
+import { type ExecutionDeps, workflowInfo } from "./executions.js";
+import { executionMessage } from "./records.js";
+import {
+  cancelQueuedExecution,
+  type ExecutionRow,
+  findExecution,
+  findWorkflow,
+  requestCancel,
+} from "./store.js";
+
+// How long CancelExecution waits for the worker to stop a running execution before answering.
+const RUNNING_CANCEL_WAIT_MS = 5_000;
+const POLL_MS = 50;
+
+function isFinal(row: ExecutionRow): boolean {
+  return row.status === "success" || row.status === "error";
+}
+
+export async function getExecution(
+  deps: Pick<ExecutionDeps, "db">,
+  tenantId: string,
+  executionId: string,
+): Promise<Execution> {
+  const row = await findExecution(deps.db, tenantId, executionId);
+  if (!row) throw new NotFoundError(`execution ${executionId} not found`);
+  return executionMessage(row);
+}
+
+export async function cancelExecution(
+  deps: ExecutionDeps,
+  tenantId: string,
+  executionId: string,
+): Promise<Execution> {
+  const cancelled = await cancelQueuedExecution(deps.db, tenantId, executionId, "cancelled");
+  if (cancelled) {
+    deps.live.finished(cancelled);
+    const workflow = await findWorkflow(deps.db, tenantId, cancelled.workflow_id);
+    // A failed publish is retried by the outbox sweeper.
+    if (workflow) await publishStoredExecution(deps, cancelled, workflowInfo(workflow));
+    return executionMessage(cancelled);
+  }
+  const flagged = await requestCancel(deps.db, tenantId, executionId);
+  if (!flagged) {
+    const row = await findExecution(deps.db, tenantId, executionId);
+    if (!row) throw new NotFoundError(`execution ${executionId} not found`);
+    throw new FailedPreconditionError(`execution ${executionId} already finished with status ${row.status}`);
+  }
+  deps.nc.publish(
+    deps.names.runCancel,
+    toBinary(RunCancelRequestedSchema, create(RunCancelRequestedSchema, { executionId, tenantId })),
+  );
+  const deadline = Date.now() + RUNNING_CANCEL_WAIT_MS;
+  let row: ExecutionRow | undefined = flagged;
+  while (row && !isFinal(row) && Date.now() < deadline) {
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+    row = await findExecution(deps.db, tenantId, executionId);
+  }
+  return executionMessage(row ?? flagged);
+}

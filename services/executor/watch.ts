@@ -1,0 +1,87 @@
+/**
+ * WatchExecution: the live events of one execution, ending with its final state. Events come from
+ * core NATS; the stored row covers what core NATS cannot promise (an execution that finished before
+ * the watch began, or a final event that was lost).
+ */
+import { create, fromBinary } from "@bufbuild/protobuf";
+import { NotFoundError } from "../platform/errors.js";
+import { ExecutionStatus } from "../platform/gen/flowplane/events/v1/execution_pb.js";
+import {
+  type LiveEvent,
+  LiveEventKind,
+  LiveEventSchema,
+} from "../platform/gen/flowplane/events/v1/run_pb.js";
+import type { ExecutionDeps } from "./executions.js";
+import { finishedEvent } from "./live.js";
+import { findExecution } from "./store.js";
+
+// How often a watch re-reads the row in case the final live event was lost.
+const ROW_CHECK_MS = 2_000;
+
+export async function* watchExecution(
+  deps: Pick<ExecutionDeps, "db" | "nc" | "names">,
+  tenantId: string,
+  executionId: string,
+  signal: AbortSignal,
+): AsyncGenerator<LiveEvent> {
+  const initial = await findExecution(deps.db, tenantId, executionId);
+  if (!initial) throw new NotFoundError(`execution ${executionId} not found`);
+
+  const pending: LiveEvent[] = [];
+  let wake: (() => void) | undefined;
+  const notify = () => {
+    wake?.();
+    wake = undefined;
+  };
+  const subscription = deps.nc.subscribe(deps.names.live(executionId), {
+    callback: (err, msg) => {
+      if (err) return;
+      try {
+        pending.push(fromBinary(LiveEventSchema, msg.data));
+        notify();
+      } catch {
+        // An undecodable event is skipped; the row check still ends the watch.
+      }
+    },
+  });
+  signal.addEventListener("abort", notify, { once: true });
+  try {
+    // Read after subscribing: a state reached before the subscription is in the row.
+    const current = await findExecution(deps.db, tenantId, executionId);
+    if (current && (current.status === "success" || current.status === "error")) {
+      yield finishedEvent(current);
+      return;
+    }
+    if (current?.status === "running") {
+      yield create(LiveEventSchema, {
+        executionId,
+        kind: LiveEventKind.EXECUTION_STARTED,
+        status: ExecutionStatus.RUNNING,
+      });
+    }
+    let lastRowCheck = Date.now();
+    while (!signal.aborted) {
+      const event = pending.shift();
+      if (event) {
+        yield event;
+        if (event.kind === LiveEventKind.EXECUTION_FINISHED) return;
+        continue;
+      }
+      await new Promise<void>((resolve) => {
+        wake = resolve;
+        setTimeout(resolve, ROW_CHECK_MS).unref();
+      });
+      if (pending.length === 0 && Date.now() - lastRowCheck >= ROW_CHECK_MS) {
+        lastRowCheck = Date.now();
+        const row = await findExecution(deps.db, tenantId, executionId);
+        if (row && (row.status === "success" || row.status === "error")) {
+          yield finishedEvent(row);
+          return;
+        }
+      }
+    }
+  } finally {
+    subscription.unsubscribe();
+    signal.removeEventListener("abort", notify);
+  }
+}
