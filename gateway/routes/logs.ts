@@ -1,9 +1,28 @@
+import { type JsonObject, toJson } from "@bufbuild/protobuf";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance } from "fastify";
-import { Details, Order } from "../../services/platform/gen/flowplane/logs/v1/logs_pb.js";
+import {
+  Trigger,
+  WorkflowStateSchema,
+} from "../../services/platform/gen/flowplane/events/v1/execution_pb.js";
+import {
+  Details,
+  type GetExecutionResponse,
+  Order,
+  type QueryLogsRequest,
+} from "../../services/platform/gen/flowplane/logs/v1/logs_pb.js";
 import { principalOf, requireScope } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { badRequest, HttpError } from "../errors.js";
-import { type LogListShape, logDetailJson, logListItemJson } from "../json.js";
+import {
+  costJson,
+  isoTime,
+  type LogListShape,
+  logDetailJson,
+  logListItemJson,
+  triggerName,
+} from "../json.js";
+import { limitsBlock } from "../limits.js";
 
 /**
  * Query strings are parsed by hand rather than by schema: every value arrives as a string, and the
@@ -20,11 +39,6 @@ const LIST_PARAMETERS = new Set([
   "includeTraceSpans",
   "includeFinalOutput",
   "workflowIds",
-]);
-
-// Filters of seed 002 that LogsService.QueryLogs cannot apply yet: refusing them beats answering
-// unfiltered data a client would take as filtered.
-const UNSUPPORTED_FILTERS = new Set([
   "folderIds",
   "triggers",
   "level",
@@ -38,11 +52,19 @@ const UNSUPPORTED_FILTERS = new Set([
   "model",
 ]);
 
+const TRIGGERS: Record<string, Trigger> = {
+  api: Trigger.API,
+  webhook: Trigger.WEBHOOK,
+  schedule: Trigger.SCHEDULE,
+  manual: Trigger.MANUAL,
+  chat: Trigger.CHAT,
+};
+
+const MAX_LIST_VALUES = 1000;
+
 function checkParameterNames(query: RawQuery, allowed: Set<string>): void {
   for (const name of Object.keys(query)) {
-    if (allowed.has(name)) continue;
-    if (UNSUPPORTED_FILTERS.has(name)) throw badRequest(`the ${name} filter is not supported yet`);
-    throw badRequest(`unknown query parameter ${name}`);
+    if (!allowed.has(name)) throw badRequest(`unknown query parameter ${name}`);
   }
 }
 
@@ -73,15 +95,66 @@ function parseLimit(query: RawQuery): number {
   return limit;
 }
 
-function parseWorkflowIds(query: RawQuery): string[] {
-  const raw = single(query, "workflowIds");
+/** A comma-separated list (IN semantics); present but empty is a mistake worth a 400. */
+function commaList(query: RawQuery, name: string, what: string): string[] {
+  const raw = single(query, name);
   if (raw === undefined) return [];
-  const ids = raw
-    .split(",")
-    .map((id) => id.trim())
-    .filter((id) => id !== "");
-  if (ids.length === 0) throw badRequest("workflowIds must list at least one workflow id");
-  return ids;
+  const values = [...new Set(raw.split(",").map((v) => v.trim()))].filter((v) => v !== "");
+  if (values.length === 0) throw badRequest(`${name} must list at least one ${what}`);
+  if (values.length > MAX_LIST_VALUES) throw badRequest(`${name} accepts at most ${MAX_LIST_VALUES} values`);
+  if (values.some((v) => v.length > 200))
+    throw badRequest(`${name} contains a value longer than 200 characters`);
+  return values;
+}
+
+function parseTriggers(query: RawQuery): Trigger[] {
+  return commaList(query, "triggers", "trigger").map((name) => {
+    const trigger = TRIGGERS[name];
+    if (trigger === undefined) {
+      throw badRequest(`triggers must be a comma-separated list of ${Object.keys(TRIGGERS).join(", ")}`);
+    }
+    return trigger;
+  });
+}
+
+const ISO_DATE = /^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$/;
+
+/** An ISO-8601 timestamp; a date alone is midnight UTC and a time without a zone is UTC. */
+function parseDate(query: RawQuery, name: string): Date | undefined {
+  const raw = single(query, name);
+  if (raw === undefined) return undefined;
+  const match = ISO_DATE.exec(raw);
+  const zoned = match && match[1] !== undefined && match[4] === undefined ? `${raw}Z` : raw;
+  const date = match ? new Date(zoned) : undefined;
+  if (!date || Number.isNaN(date.getTime())) {
+    throw badRequest(`${name} must be an ISO-8601 timestamp, e.g. 2025-01-01T12:34:56.789Z`);
+  }
+  return date;
+}
+
+function parseInteger(query: RawQuery, name: string): bigint | undefined {
+  const raw = single(query, name);
+  if (raw === undefined) return undefined;
+  if (!/^\d{1,15}$/.test(raw)) throw badRequest(`${name} must be a non-negative integer (milliseconds)`);
+  return BigInt(raw);
+}
+
+function parseAmount(query: RawQuery, name: string): number | undefined {
+  const raw = single(query, name);
+  if (raw === undefined) return undefined;
+  if (!/^\d{1,12}(\.\d{1,12})?$/.test(raw)) throw badRequest(`${name} must be a non-negative number (USD)`);
+  return Number(raw);
+}
+
+function ordered<T extends number | bigint | Date>(
+  min: T | undefined,
+  max: T | undefined,
+  minName: string,
+  maxName: string,
+) {
+  if (min !== undefined && max !== undefined && min > max) {
+    throw badRequest(`${minName} must not be greater than ${maxName}`);
+  }
 }
 
 /** workspaceId is the tenant in the contract's words; a key may only read its own workspace. */
@@ -91,59 +164,134 @@ function checkWorkspace(workspaceId: string | undefined, tenantId: string): void
   }
 }
 
-function parseListQuery(query: RawQuery) {
+type ListRequest = Omit<Partial<QueryLogsRequest>, "$typeName" | "tenantId">;
+
+function parseListQuery(query: RawQuery): { workspaceId: string; shape: LogListShape; request: ListRequest } {
   checkParameterNames(query, LIST_PARAMETERS);
   const workspaceId = single(query, "workspaceId");
   if (workspaceId === undefined || workspaceId === "") throw badRequest("workspaceId is required");
   const order = oneOf(query, "order", ["asc", "desc"] as const);
   const details = oneOf(query, "details", ["basic", "full"] as const);
-  return {
-    workspaceId,
-    limit: parseLimit(query),
-    cursor: single(query, "cursor") ?? "",
-    order: order === "asc" ? Order.ASC : Order.DESC,
+  const level = oneOf(query, "level", ["info", "error"] as const);
+  const startDate = parseDate(query, "startDate");
+  const endDate = parseDate(query, "endDate");
+  ordered(startDate, endDate, "startDate", "endDate");
+  const minDurationMs = parseInteger(query, "minDurationMs");
+  const maxDurationMs = parseInteger(query, "maxDurationMs");
+  ordered(minDurationMs, maxDurationMs, "minDurationMs", "maxDurationMs");
+  const minCost = parseAmount(query, "minCost");
+  const maxCost = parseAmount(query, "maxCost");
+  ordered(minCost, maxCost, "minCost", "maxCost");
+  const executionId = single(query, "executionId");
+  if (executionId === "") throw badRequest("executionId must not be empty");
+  const cursor = single(query, "cursor");
+  if (cursor === "") throw badRequest("cursor must not be empty");
+  const shape: LogListShape = {
     full: details === "full",
     includeTraceSpans: flag(query, "includeTraceSpans"),
     includeFinalOutput: flag(query, "includeFinalOutput"),
-    workflowIds: parseWorkflowIds(query),
+  };
+  return {
+    workspaceId,
+    shape,
+    request: {
+      limit: parseLimit(query),
+      cursor: cursor ?? "",
+      order: order === "asc" ? Order.ASC : Order.DESC,
+      details: shape.full ? Details.FULL : Details.BASIC,
+      includeTraceSpans: shape.includeTraceSpans,
+      includeFinalOutput: shape.includeFinalOutput,
+      workflowIds: commaList(query, "workflowIds", "workflow id"),
+      folderIds: commaList(query, "folderIds", "folder id"),
+      triggers: parseTriggers(query),
+      level: level ?? "",
+      startDate: startDate ? timestampFromDate(startDate) : undefined,
+      endDate: endDate ? timestampFromDate(endDate) : undefined,
+      executionId: executionId ?? "",
+      minDurationMs,
+      maxDurationMs,
+      minCost,
+      maxCost,
+      models: commaList(query, "model", "model name"),
+    },
   };
 }
 
-/** GET /api/v1/logs and GET /api/v1/logs/:id (seed 002). */
+/** The seed's workflowState: every collection present even when empty. */
+function executionJson(execution: GetExecutionResponse) {
+  const state = execution.workflowState
+    ? (toJson(WorkflowStateSchema, execution.workflowState) as JsonObject)
+    : {};
+  return {
+    executionId: execution.executionId,
+    workflowId: execution.workflowId,
+    workflowState: { blocks: {}, edges: [], loops: {}, parallels: {}, ...state },
+    executionMetadata: {
+      trigger: triggerName(execution.trigger),
+      startedAt: isoTime(execution.startedAt),
+      endedAt: isoTime(execution.endedAt),
+      totalDurationMs: Number(execution.totalDurationMs),
+      cost: costJson(execution.cost),
+    },
+  };
+}
+
+function parseWorkspaceOnly(query: RawQuery): string | undefined {
+  checkParameterNames(query, new Set(["workspaceId"]));
+  return single(query, "workspaceId");
+}
+
+const idParamsSchema = (name: string) => ({
+  type: "object",
+  required: [name],
+  properties: { [name]: { type: "string", minLength: 1, maxLength: 200 } },
+});
+
+/** GET /api/v1/logs, /api/v1/logs/:id and /api/v1/logs/executions/:executionId (seed 002). */
 export function registerLogRoutes(app: FastifyInstance, clients: GatewayClients): void {
-  app.get("/api/v1/logs", { preValidation: requireScope(clients.auth, "logs:read") }, async (request) => {
-    const params = parseListQuery(request.query as RawQuery);
+  const withLimits = requireScope(clients.auth, "logs:read", undefined, { includeLimits: true });
+  app.get("/api/v1/logs", { preValidation: withLimits }, async (request) => {
+    const { workspaceId, shape, request: listRequest } = parseListQuery(request.query as RawQuery);
     const principal = principalOf(request);
-    checkWorkspace(params.workspaceId, principal.tenantId);
-    const res = await clients.logs.queryLogs({
-      tenantId: principal.tenantId,
-      limit: params.limit,
-      cursor: params.cursor,
-      order: params.order,
-      details: params.full ? Details.FULL : Details.BASIC,
-      includeTraceSpans: params.includeTraceSpans,
-      includeFinalOutput: params.includeFinalOutput,
-      workflowIds: params.workflowIds,
-    });
-    const shape: LogListShape = params;
+    checkWorkspace(workspaceId, principal.tenantId);
+    const res = await clients.logs.queryLogs({ ...listRequest, tenantId: principal.tenantId });
+    // The list response, assembled here only.
     return {
       data: res.data.map((entry) => logListItemJson(entry, shape)),
       nextCursor: res.nextCursor === "" ? null : res.nextCursor,
+      limits: limitsBlock(request),
     };
   });
 
   app.get<{ Params: { id: string } }>(
     "/api/v1/logs/:id",
-    { preValidation: requireScope(clients.auth, "logs:read") },
+    { schema: { params: idParamsSchema("id") }, preValidation: withLimits },
     async (request) => {
-      const query = request.query as RawQuery;
-      checkParameterNames(query, new Set(["workspaceId"]));
-      const workspaceId = single(query, "workspaceId");
+      const workspaceId = parseWorkspaceOnly(request.query as RawQuery);
       const principal = principalOf(request);
       checkWorkspace(workspaceId, principal.tenantId);
       const { log } = await clients.logs.getLog({ tenantId: principal.tenantId, id: request.params.id });
       if (!log) throw new Error("logs service answered GetLog without a log");
-      return { data: logDetailJson(log) };
+      // The detail response, assembled here only.
+      return { data: logDetailJson(log), limits: limitsBlock(request) };
+    },
+  );
+
+  app.get<{ Params: { executionId: string } }>(
+    "/api/v1/logs/executions/:executionId",
+    {
+      schema: { params: idParamsSchema("executionId") },
+      preValidation: requireScope(clients.auth, "logs:read"),
+    },
+    async (request) => {
+      const workspaceId = parseWorkspaceOnly(request.query as RawQuery);
+      const principal = principalOf(request);
+      checkWorkspace(workspaceId, principal.tenantId);
+      const execution = await clients.logs.getExecution({
+        tenantId: principal.tenantId,
+        executionId: request.params.executionId,
+      });
+      return executionJson(execution);
     },
   );
 }

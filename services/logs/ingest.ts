@@ -14,11 +14,19 @@ import {
   ExecutionCompletedSchema,
   ExecutionStatus,
   TraceSpanSchema,
+  WorkflowStateSchema,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { newId } from "../platform/ids.js";
 import type { Logger } from "../platform/log.js";
 import { executionsStreamConfig, type NatsNames } from "../platform/nats.js";
-import { type Database, insertExecutionLog, type NewExecutionLog, storedTrigger } from "./store.js";
+import { redactWorkflowState } from "./redact.js";
+import {
+  type Database,
+  insertExecutionLog,
+  type NewExecutionLog,
+  type NewSnapshot,
+  storedTrigger,
+} from "./store.js";
 
 export const LOGS_CONSUMER = "logs";
 
@@ -63,6 +71,8 @@ export function executionLogFromEvent(event: ExecutionCompleted): NewExecutionLo
     tenant_id: event.tenantId,
     execution_id: event.executionId,
     workflow_id: event.workflowId,
+    workflow_version: event.workflowVersion,
+    folder_id: event.folderId,
     workflow_name: event.workflowName,
     workflow_description: event.workflowDescription,
     conversation_id: event.conversationId,
@@ -74,9 +84,23 @@ export function executionLogFromEvent(event: ExecutionCompleted): NewExecutionLo
     total_duration_ms: Number(event.durationMs),
     cost_total: Number.isFinite(cost.total) ? cost.total : 0,
     cost: JSON.stringify(toJson(CostSchema, cost)),
+    models: Object.keys(cost.models).sort(),
     final_output: event.finalOutput ? JSON.stringify(event.finalOutput) : null,
     trace_spans: JSON.stringify(event.traceSpans.map((span) => toJson(TraceSpanSchema, span))),
     error: event.error ?? null,
+  };
+}
+
+/** The version's definition with secrets redacted, stored once per (tenant, workflow, version). */
+export function snapshotFromEvent(event: ExecutionCompleted): NewSnapshot | undefined {
+  if (!event.workflowState) return undefined;
+  const state = toJson(WorkflowStateSchema, event.workflowState);
+  if (state === null || typeof state !== "object" || Array.isArray(state)) return undefined;
+  return {
+    tenant_id: event.tenantId,
+    workflow_id: event.workflowId,
+    version: event.workflowVersion,
+    state: JSON.stringify(redactWorkflowState(state)),
   };
 }
 
@@ -90,8 +114,8 @@ export function startIngest(deps: IngestDeps): Promise<DurableConsumer> {
     durable: LOGS_CONSUMER,
     consumerConfig: { filter_subject: deps.names.executionCompletedAll },
     async handle(m) {
-      const row = executionLogFromEvent(decodeEvent(ExecutionCompletedSchema, m));
-      await insertExecutionLog(deps.db, row);
+      const event = decodeEvent(ExecutionCompletedSchema, m);
+      await insertExecutionLog(deps.db, executionLogFromEvent(event), snapshotFromEvent(event));
     },
   });
 }

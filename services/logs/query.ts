@@ -6,61 +6,140 @@ import {
   CostSchema,
   type TraceSpan,
   TraceSpanSchema,
+  WorkflowStateSchema,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import {
+  type GetExecutionResponse,
+  GetExecutionResponseSchema,
   type LogEntry,
   LogEntrySchema,
   type QueryLogsResponse,
   QueryLogsResponseSchema,
   WorkflowSummarySchema,
 } from "../platform/gen/flowplane/logs/v1/logs_pb.js";
-import { encodeLogCursor, type LogCursor } from "./cursor.js";
-import { type Database, type ExecutionLogRow, selectLog, selectLogPage, triggerFromStored } from "./store.js";
+import { type CursorCodec, CursorError, type LogCursor, queryFingerprint } from "./cursor.js";
+import {
+  type Database,
+  type ExecutionLogRow,
+  type LogFilters,
+  type Position,
+  selectExecution,
+  selectHighWater,
+  selectLateRows,
+  selectLog,
+  selectLogPage,
+  triggerFromStored,
+} from "./store.js";
 
 export interface LogQuery {
   tenantId: string;
+  filters: LogFilters;
   limit: number;
   ascending: boolean;
-  after: LogCursor | undefined;
-  workflowIds: string[];
+  /** The client's cursor as given ("" for the first page). */
+  cursor: string;
   withWorkflow: boolean;
   withFinalOutput: boolean;
   withTraceSpans: boolean;
 }
 
-type ListedRow = Omit<ExecutionLogRow, "cost" | "final_output" | "trace_spans" | "error" | "ingested_at"> & {
+type ListedRow = Omit<
+  ExecutionLogRow,
+  | "cost"
+  | "final_output"
+  | "trace_spans"
+  | "error"
+  | "ingested_at"
+  | "folder_id"
+  | "workflow_version"
+  | "models"
+> & {
   final_output?: ExecutionLogRow["final_output"];
   trace_spans?: ExecutionLogRow["trace_spans"];
 };
 
-/** One page of a tenant's logs plus the cursor to continue from. */
-export async function queryLogs(db: Kysely<Database>, q: LogQuery): Promise<QueryLogsResponse> {
-  const rows = await selectLogPage(db, {
-    tenantId: q.tenantId,
-    workflowIds: q.workflowIds,
-    ascending: q.ascending,
-    after: q.after,
-    fetch: q.limit + 1,
+/** The position and guard a request's cursor carries; CursorError names what is wrong. */
+function openCursor(codec: CursorCodec, q: LogQuery, fingerprint: string): LogCursor | undefined {
+  if (q.cursor === "") return undefined;
+  const cursor = codec.decode(q.cursor);
+  if (cursor.query !== fingerprint || cursor.order !== (q.ascending ? "asc" : "desc")) {
+    throw new CursorError("cursor does not match the query");
+  }
+  return cursor;
+}
+
+/**
+ * One page of a tenant's logs plus the cursor to continue from.
+ *
+ * Descending is a plain keyset walk. Ascending is also the polling order, where a run that started
+ * before the cursor's position but finished after its page was served would otherwise be skipped
+ * for good; so an ascending cursor remembers the tenant's high-water seq `seen` when it was issued,
+ * and the next page first serves the rows behind the position with seq > seen (in seq order), then
+ * continues the keyset walk. Page and high-water mark are read in one snapshot, and a tenant's seqs
+ * commit in order (store.insertExecutionLog), so every log is served exactly once.
+ */
+export async function queryLogs(
+  db: Kysely<Database>,
+  codec: CursorCodec,
+  q: LogQuery,
+): Promise<QueryLogsResponse> {
+  const fingerprint = queryFingerprint({ ...q.filters });
+  const cursor = openCursor(codec, q, fingerprint);
+  const order = q.ascending ? "asc" : "desc";
+  const shown = {
+    withWorkflow: q.withWorkflow,
     withFinalOutput: q.withFinalOutput,
     withTraceSpans: q.withTraceSpans,
-  });
-  const more = rows.length > q.limit;
-  const page = more ? rows.slice(0, q.limit) : rows;
-  const last = page.at(-1);
-  // Ascending is the polling order: the last page still hands back its end position, so a poller that
-  // keeps the latest non-empty cursor resumes after the newest row it saw instead of re-reading it.
-  const nextCursor =
-    last && (more || q.ascending) ? encodeLogCursor({ startedAt: last.started_at, id: last.id }) : "";
-  return create(QueryLogsResponseSchema, {
-    data: page.map((row) =>
-      listEntry(row, {
-        withWorkflow: q.withWorkflow,
-        withFinalOutput: q.withFinalOutput,
-        withTraceSpans: q.withTraceSpans,
-      }),
-    ),
-    nextCursor,
-  });
+  };
+  const pageOf = (after: Position | undefined, fetch: number) =>
+    selectLogPage(db, { ...q, ascending: q.ascending, after, fetch });
+  const issue = (pos: Position, seen: number) =>
+    codec.encode({ startedAt: pos.startedAt, id: pos.id, seen, order, query: fingerprint });
+  const positionOf = (row: ListedRow): Position => ({ startedAt: row.started_at, id: row.id });
+
+  if (!q.ascending) {
+    const rows = await pageOf(cursor, q.limit + 1);
+    const page = rows.slice(0, q.limit);
+    const last = page.at(-1);
+    return response(page, shown, rows.length > q.limit && last ? issue(positionOf(last), 0) : "");
+  }
+
+  return db
+    .transaction()
+    .setIsolationLevel("repeatable read")
+    .execute(async (tx) => {
+      const highWater = await selectHighWater(tx, q.tenantId);
+      if (!cursor) {
+        const page = (await selectLogPage(tx, { ...q, after: undefined, fetch: q.limit })) as ListedRow[];
+        const last = page.at(-1);
+        return response(page, shown, last ? issue(positionOf(last), highWater) : "");
+      }
+      const late = (await selectLateRows(tx, {
+        ...q,
+        position: cursor,
+        seen: cursor.seen,
+        fetch: q.limit,
+      })) as ListedRow[];
+      if (late.length === q.limit) {
+        // The page is all late rows: keep the position, advance `seen` only past what was served.
+        return response(late, shown, issue(cursor, (late.at(-1) as ListedRow).seq));
+      }
+      const onward = (await selectLogPage(tx, {
+        ...q,
+        after: cursor,
+        fetch: q.limit - late.length,
+      })) as ListedRow[];
+      const last = onward.at(-1);
+      return response([...late, ...onward], shown, issue(last ? positionOf(last) : cursor, highWater));
+    });
+}
+
+function response(
+  rows: ListedRow[],
+  shown: { withWorkflow: boolean; withFinalOutput: boolean; withTraceSpans: boolean },
+  nextCursor: string,
+): QueryLogsResponse {
+  return create(QueryLogsResponseSchema, { data: rows.map((row) => listEntry(row, shown)), nextCursor });
 }
 
 /** A log with all its execution data, or undefined when the tenant has no such log. */
@@ -74,6 +153,29 @@ export async function getLog(
   const entry = listEntry(row, { withWorkflow: true, withFinalOutput: true, withTraceSpans: true });
   entry.cost = costFromJson(row.cost, row.cost_total);
   return entry;
+}
+
+/** An execution's workflow snapshot and metadata, or undefined when the tenant has no such execution. */
+export async function getExecution(
+  db: Kysely<Database>,
+  tenantId: string,
+  executionId: string,
+): Promise<GetExecutionResponse | undefined> {
+  const row = await selectExecution(db, tenantId, executionId);
+  if (!row) return undefined;
+  return create(GetExecutionResponseSchema, {
+    executionId: row.execution_id,
+    workflowId: row.workflow_id,
+    // Logs ingested before snapshots were recorded answer an empty state rather than nothing.
+    workflowState: row.state
+      ? fromJson(WorkflowStateSchema, row.state, { ignoreUnknownFields: true })
+      : create(WorkflowStateSchema),
+    trigger: triggerFromStored(row.trigger),
+    startedAt: timestampFromDate(row.started_at),
+    endedAt: timestampFromDate(row.ended_at),
+    totalDurationMs: BigInt(row.total_duration_ms),
+    cost: costFromJson(row.cost, row.cost_total),
+  });
 }
 
 function listEntry(

@@ -1,5 +1,14 @@
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
-import type { ColumnType, Generated, Insertable, Kysely, Selectable } from "kysely";
+import {
+  type ColumnType,
+  type ExpressionBuilder,
+  type Generated,
+  type Insertable,
+  type Kysely,
+  type Selectable,
+  type SelectQueryBuilder,
+  sql,
+} from "kysely";
 import { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 
 /** jsonb columns are written as JSON text (node-pg would turn a JS array into a PostgreSQL array). */
@@ -10,8 +19,10 @@ export interface ExecutionLogsTable {
   tenant_id: string;
   execution_id: string;
   workflow_id: string;
+  workflow_version: number;
   workflow_name: string;
   workflow_description: string;
+  folder_id: string;
   conversation_id: string;
   level: string;
   trigger: string;
@@ -20,6 +31,8 @@ export interface ExecutionLogsTable {
   ended_at: ColumnType<Date, Date, never>;
   total_duration_ms: number;
   cost_total: number;
+  /** Names of the models the execution used (keys of cost.models), for the `model` filter. */
+  models: ColumnType<string[], string[], never>;
   /** The full Cost as proto JSON. */
   cost: JsonColumn<JsonValue>;
   final_output: ColumnType<JsonObject | null, string | null, never>;
@@ -27,10 +40,22 @@ export interface ExecutionLogsTable {
   trace_spans: JsonColumn<JsonValue[]>;
   error: string | null;
   ingested_at: Generated<Date>;
+  /** Ingestion sequence (see migration 0002). */
+  seq: ColumnType<number, never, never>;
+}
+
+export interface WorkflowSnapshotsTable {
+  tenant_id: string;
+  workflow_id: string;
+  version: number;
+  /** WorkflowState as proto JSON, secrets already redacted. */
+  state: JsonColumn<JsonObject>;
+  created_at: Generated<Date>;
 }
 
 export interface Database {
   execution_logs: ExecutionLogsTable;
+  workflow_snapshots: WorkflowSnapshotsTable;
 }
 
 export type NewExecutionLog = Insertable<ExecutionLogsTable>;
@@ -57,30 +82,79 @@ export function triggerFromStored(name: string): Trigger {
   return Trigger.UNSPECIFIED;
 }
 
-/** Inserts one execution's log; a second completion of the same execution is ignored. */
-export async function insertExecutionLog(db: Kysely<Database>, row: NewExecutionLog): Promise<boolean> {
-  const inserted = await db
-    .insertInto("execution_logs")
-    .values(row)
-    .onConflict((oc) => oc.column("execution_id").doNothing())
-    .returning("id")
-    .executeTakeFirst();
-  return inserted !== undefined;
+export interface NewSnapshot {
+  tenant_id: string;
+  workflow_id: string;
+  version: number;
+  state: string;
 }
 
-export interface LogPageQuery {
-  tenantId: string;
+/**
+ * Inserts one execution's log (a second completion of the same execution is ignored) and the
+ * version's snapshot if it is the first log of that version. The per-tenant transaction lock,
+ * taken before the row draws its seq and held until commit, makes a tenant's seqs commit in order.
+ */
+export async function insertExecutionLog(
+  db: Kysely<Database>,
+  row: NewExecutionLog,
+  snapshot: NewSnapshot | undefined,
+): Promise<boolean> {
+  return db.transaction().execute(async (tx) => {
+    await sql`select pg_advisory_xact_lock(hashtext('flowplane.logs'), hashtext(${row.tenant_id}))`.execute(
+      tx,
+    );
+    const inserted = await tx
+      .insertInto("execution_logs")
+      .values(row)
+      .onConflict((oc) => oc.column("execution_id").doNothing())
+      .returning("id")
+      .executeTakeFirst();
+    if (snapshot) {
+      await tx
+        .insertInto("workflow_snapshots")
+        .values(snapshot)
+        .onConflict((oc) => oc.columns(["tenant_id", "workflow_id", "version"]).doNothing())
+        .execute();
+    }
+    return inserted !== undefined;
+  });
+}
+
+/** Filters of QueryLogs, already validated; all ANDed. */
+export interface LogFilters {
   workflowIds: string[];
-  ascending: boolean;
-  /** Rows strictly after this (started_at, id) position in the chosen order. */
-  after: { startedAt: Date; id: string } | undefined;
-  /** How many rows to fetch (the caller asks one more than it shows, to know whether more exist). */
-  fetch: number;
-  withFinalOutput: boolean;
-  withTraceSpans: boolean;
+  folderIds: string[];
+  triggers: string[];
+  level: string;
+  startDate: Date | undefined;
+  endDate: Date | undefined;
+  executionId: string;
+  minDurationMs: number | undefined;
+  maxDurationMs: number | undefined;
+  minCost: number | undefined;
+  maxCost: number | undefined;
+  models: string[];
 }
 
-const LIST_COLUMNS = [
+/** No filter at all. */
+export function noFilters(): LogFilters {
+  return {
+    workflowIds: [],
+    folderIds: [],
+    triggers: [],
+    level: "",
+    startDate: undefined,
+    endDate: undefined,
+    executionId: "",
+    minDurationMs: undefined,
+    maxDurationMs: undefined,
+    minCost: undefined,
+    maxCost: undefined,
+    models: [],
+  };
+}
+
+export const LIST_COLUMNS = [
   "id",
   "tenant_id",
   "execution_id",
@@ -95,25 +169,104 @@ const LIST_COLUMNS = [
   "ended_at",
   "total_duration_ms",
   "cost_total",
+  "seq",
 ] as const;
 
-/** One keyset page: a row-value comparison on (started_at, id), never OFFSET (DESIGN §7). */
-export async function selectLogPage(db: Kysely<Database>, q: LogPageQuery) {
-  const direction = q.ascending ? "asc" : "desc";
-  let query = db
+type LogsQuery<O> = SelectQueryBuilder<Database, "execution_logs", O>;
+
+function filtered<O>(query: LogsQuery<O>, tenantId: string, f: LogFilters): LogsQuery<O> {
+  let q = query.where("tenant_id", "=", tenantId);
+  if (f.workflowIds.length === 1) q = q.where("workflow_id", "=", f.workflowIds[0] as string);
+  else if (f.workflowIds.length > 1) q = q.where("workflow_id", "in", f.workflowIds);
+  if (f.folderIds.length > 0) q = q.where("folder_id", "in", f.folderIds);
+  if (f.triggers.length > 0) q = q.where("trigger", "in", f.triggers);
+  if (f.level !== "") q = q.where("level", "=", f.level);
+  if (f.startDate) q = q.where("started_at", ">=", f.startDate);
+  if (f.endDate) q = q.where("started_at", "<=", f.endDate);
+  if (f.executionId !== "") q = q.where("execution_id", "=", f.executionId);
+  if (f.minDurationMs !== undefined) q = q.where("total_duration_ms", ">=", f.minDurationMs);
+  if (f.maxDurationMs !== undefined) q = q.where("total_duration_ms", "<=", f.maxDurationMs);
+  if (f.minCost !== undefined) q = q.where("cost_total", ">=", f.minCost);
+  if (f.maxCost !== undefined) q = q.where("cost_total", "<=", f.maxCost);
+  if (f.models.length > 0) {
+    const models = f.models;
+    q = q.where(sql<boolean>`models && ${sql.val(models)}::text[]`);
+  }
+  return q;
+}
+
+export interface Position {
+  startedAt: Date;
+  id: string;
+}
+
+function beyond(eb: ExpressionBuilder<Database, "execution_logs">, pos: Position, ascending: boolean) {
+  return eb(eb.refTuple("started_at", "id"), ascending ? ">" : "<", eb.tuple(pos.startedAt, pos.id));
+}
+
+export interface PageQuery {
+  tenantId: string;
+  filters: LogFilters;
+  ascending: boolean;
+  /** Rows strictly beyond this (started_at, id) position in the chosen order. */
+  after: Position | undefined;
+  /** How many rows to fetch (one more than shown tells whether more exist). */
+  fetch: number;
+  withFinalOutput: boolean;
+  withTraceSpans: boolean;
+}
+
+function listQuery(db: Kysely<Database>, q: Pick<PageQuery, "withFinalOutput" | "withTraceSpans">) {
+  return db
     .selectFrom("execution_logs")
     .select(LIST_COLUMNS)
-    .where("tenant_id", "=", q.tenantId)
-    .$if(q.workflowIds.length > 0, (qb) => qb.where("workflow_id", "in", q.workflowIds))
     .$if(q.withFinalOutput, (qb) => qb.select("final_output"))
     .$if(q.withTraceSpans, (qb) => qb.select("trace_spans"));
+}
+
+/** One keyset page: a row-value comparison on (started_at, id), never OFFSET (DESIGN §7). */
+export function logPageQuery(db: Kysely<Database>, q: PageQuery) {
+  const direction = q.ascending ? "asc" : "desc";
+  let query = filtered(listQuery(db, q), q.tenantId, q.filters);
   const after = q.after;
-  if (after) {
-    query = query.where(({ eb, refTuple, tuple }) =>
-      eb(refTuple("started_at", "id"), q.ascending ? ">" : "<", tuple(after.startedAt, after.id)),
-    );
-  }
-  return query.orderBy("started_at", direction).orderBy("id", direction).limit(q.fetch).execute();
+  if (after) query = query.where((eb) => beyond(eb, after, q.ascending));
+  return query.orderBy("started_at", direction).orderBy("id", direction).limit(q.fetch);
+}
+
+export async function selectLogPage(db: Kysely<Database>, q: PageQuery) {
+  return logPageQuery(db, q).execute();
+}
+
+/**
+ * Rows at or before an ascending cursor's position that were ingested after the cursor's page
+ * (seq > seen): runs that started earlier but finished later. Served in ingestion order.
+ */
+export function lateRowsQuery(
+  db: Kysely<Database>,
+  q: Omit<PageQuery, "after" | "ascending"> & { position: Position; seen: number },
+) {
+  return filtered(listQuery(db, q), q.tenantId, q.filters)
+    .where("seq", ">", q.seen)
+    .where((eb) => eb(eb.refTuple("started_at", "id"), "<=", eb.tuple(q.position.startedAt, q.position.id)))
+    .orderBy("seq", "asc")
+    .limit(q.fetch);
+}
+
+export async function selectLateRows(
+  db: Kysely<Database>,
+  q: Omit<PageQuery, "after" | "ascending"> & { position: Position; seen: number },
+) {
+  return lateRowsQuery(db, q).execute();
+}
+
+/** The tenant's highest visible seq: every row of the tenant with a lower seq is visible too. */
+export async function selectHighWater(db: Kysely<Database>, tenantId: string): Promise<number> {
+  const row = await db
+    .selectFrom("execution_logs")
+    .select((eb) => eb.fn.max("seq").as("seq"))
+    .where("tenant_id", "=", tenantId)
+    .executeTakeFirst();
+  return row?.seq == null ? 0 : Number(row.seq);
 }
 
 export async function selectLog(
@@ -127,4 +280,53 @@ export async function selectLog(
     .where("id", "=", id)
     .where("tenant_id", "=", tenantId)
     .executeTakeFirst();
+}
+
+/** An execution's log row with the snapshot of the version it ran (null when none was recorded). */
+export async function selectExecution(db: Kysely<Database>, tenantId: string, executionId: string) {
+  return db
+    .selectFrom("execution_logs as l")
+    .leftJoin("workflow_snapshots as s", (join) =>
+      join
+        .onRef("s.tenant_id", "=", "l.tenant_id")
+        .onRef("s.workflow_id", "=", "l.workflow_id")
+        .onRef("s.version", "=", "l.workflow_version"),
+    )
+    .select([
+      "l.execution_id",
+      "l.workflow_id",
+      "l.trigger",
+      "l.started_at",
+      "l.ended_at",
+      "l.total_duration_ms",
+      "l.cost",
+      "l.cost_total",
+      "s.state",
+    ])
+    .where("l.tenant_id", "=", tenantId)
+    .where("l.execution_id", "=", executionId)
+    .executeTakeFirst();
+}
+
+/**
+ * Deletes up to `batch` logs that started before `cutoff`; returns how many. The transaction lock
+ * lets only one replica delete at a time (the others skip: -1).
+ */
+export async function deleteExpiredBatch(db: Kysely<Database>, cutoff: Date, batch: number): Promise<number> {
+  return db.transaction().execute(async (tx) => {
+    const locked = await sql<{ locked: boolean }>`
+      select pg_try_advisory_xact_lock(hashtext('flowplane.logs'), hashtext('retention')) as locked`.execute(
+      tx,
+    );
+    if (!locked.rows[0]?.locked) return -1;
+    const result = await tx
+      .deleteFrom("execution_logs")
+      .where(
+        "id",
+        "in",
+        tx.selectFrom("execution_logs").select("id").where("started_at", "<", cutoff).limit(batch),
+      )
+      .executeTakeFirst();
+    return Number(result.numDeletedRows);
+  });
 }
