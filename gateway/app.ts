@@ -12,8 +12,13 @@ import type { GatewayConfig } from "./config.js";
 import { errorAnswer, installErrorHandling, schemaErrorFormatter } from "./errors.js";
 import { registerConversationRoutes } from "./routes/conversations.js";
 import { registerExecuteRoutes } from "./routes/execute.js";
+import { registerExecutionRoutes } from "./routes/executions.js";
+import { registerHookRoutes } from "./routes/hooks.js";
 import { registerLogRoutes } from "./routes/logs.js";
+import { registerNotificationRoutes } from "./routes/notifications.js";
+import { registerTenantRoutes } from "./routes/tenants.js";
 import { registerTokenRoutes } from "./routes/tokens.js";
+import { registerWorkflowRoutes } from "./routes/workflows.js";
 
 const SAFE_REQUEST_ID = /^[A-Za-z0-9._:/+=-]{1,128}$/;
 
@@ -61,8 +66,13 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
   const labelled = labelClients(clients);
   app.get("/healthz", async () => ({ status: "ok" }));
   registerExecuteRoutes(app, labelled);
+  registerWorkflowRoutes(app, labelled);
+  registerExecutionRoutes(app, labelled);
+  registerHookRoutes(app, labelled);
   registerConversationRoutes(app, labelled);
   registerLogRoutes(app, labelled);
+  registerNotificationRoutes(app, labelled);
   registerTokenRoutes(app, labelled);
+  registerTenantRoutes(app, labelled);
   return app;
 }

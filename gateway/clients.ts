@@ -1,8 +1,12 @@
 import type { DescService } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
-import { AuthService } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { ExecutionService } from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
+import { AuthService, TenantService } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
+import {
+  ExecutionService,
+  WorkflowService,
+} from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
 import { LogsService } from "../services/platform/gen/flowplane/logs/v1/logs_pb.js";
+import { NotifierService } from "../services/platform/gen/flowplane/notifier/v1/notifier_pb.js";
 import { createRpcClient } from "../services/platform/rpc.js";
 import type { GatewayConfig } from "./config.js";
 import { type BackendName, labelBackendError } from "./errors.js";
@@ -10,18 +14,25 @@ import { type BackendName, labelBackendError } from "./errors.js";
 /** The backend services the gateway calls. */
 export interface GatewayClients {
   auth: Client<typeof AuthService>;
+  tenants: Client<typeof TenantService>;
   executions: Client<typeof ExecutionService>;
+  workflows: Client<typeof WorkflowService>;
   logs: Client<typeof LogsService>;
+  notifications: Client<typeof NotifierService>;
 }
 
 export function createGatewayClients(
-  config: Pick<GatewayConfig, "authUrl" | "executorUrl" | "logsUrl" | "rpcTimeoutMs">,
+  config: Pick<GatewayConfig, "authUrl" | "executorUrl" | "logsUrl" | "rpcTimeoutMs"> &
+    Partial<Pick<GatewayConfig, "notifierUrl">>,
 ): GatewayClients {
   const opts = { timeoutMs: config.rpcTimeoutMs };
   return {
     auth: createRpcClient(AuthService, config.authUrl, opts),
+    tenants: createRpcClient(TenantService, config.authUrl, opts),
     executions: createRpcClient(ExecutionService, config.executorUrl, opts),
+    workflows: createRpcClient(WorkflowService, config.executorUrl, opts),
     logs: createRpcClient(LogsService, config.logsUrl, opts),
+    notifications: createRpcClient(NotifierService, config.notifierUrl ?? "http://127.0.0.1:50054", opts),
   };
 }
 
@@ -52,7 +63,10 @@ function labelled<T extends DescService>(service: T, backend: BackendName, clien
 export function labelClients(clients: GatewayClients): GatewayClients {
   return {
     auth: labelled(AuthService, "auth", clients.auth),
+    tenants: labelled(TenantService, "auth", clients.tenants),
     executions: labelled(ExecutionService, "executor", clients.executions),
+    workflows: labelled(WorkflowService, "executor", clients.workflows),
     logs: labelled(LogsService, "logs", clients.logs),
+    notifications: labelled(NotifierService, "notifier", clients.notifications),
   };
 }

@@ -12,6 +12,12 @@ export const gatewaySettings = {
     "http://127.0.0.1:50052",
   ),
   logsUrl: env.url("LOGS_URL", "base URL of the logs service", ["http", "https"], "http://127.0.0.1:50053"),
+  notifierUrl: env.url(
+    "NOTIFIER_URL",
+    "base URL of the notifier service",
+    ["http", "https"],
+    "http://127.0.0.1:50054",
+  ),
   bodyLimitBytes: env.int("GATEWAY_BODY_LIMIT_BYTES", "largest request body accepted, in bytes", {
     default: 1_048_576,
     min: 1,

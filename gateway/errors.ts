@@ -175,7 +175,7 @@ export function installErrorHandling(app: FastifyInstance, bodyLimitBytes: numbe
 }
 
 /** Which backend a client talks to, for messages such as "executor service unavailable". */
-export type BackendName = "auth" | "executor" | "logs";
+export type BackendName = "auth" | "executor" | "logs" | "notifier";
 
 /**
  * Rewrites a backend's Unavailable/DeadlineExceeded (connection refused, GOAWAY, deadline) into a

@@ -1,6 +1,6 @@
 import { type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { type Timestamp, timestampDate, type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
-import { type Token, TokenKind } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
+import { TokenKind } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import {
   type Cost,
   ExecutionStatus,
@@ -137,7 +137,7 @@ export function executeResponseJson(res: ExecuteResponse) {
   };
 }
 
-function executionJson(execution: Execution) {
+export function executionJson(execution: Execution) {
   return {
     executionId: execution.id,
     workflowVersion: execution.workflowVersion,
@@ -209,21 +209,5 @@ export function logDetailJson(entry: LogEntry) {
       finalOutput: entry.finalOutput ?? null,
     },
     cost: costJson(entry.cost),
-  };
-}
-
-export function tokenJson(token: Token, secret: string) {
-  return {
-    id: token.id,
-    kind: tokenKindName(token.kind),
-    name: token.name,
-    purpose: token.purpose,
-    scopes: token.scopes,
-    workflowIds: token.workflowIds,
-    prefix: token.prefix,
-    createdBy: token.createdBy,
-    createdAt: isoTime(token.createdAt),
-    expiresAt: isoTime(token.expiresAt),
-    key: secret,
   };
 }

@@ -300,7 +300,14 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   try {
     const started = await Promise.allSettled(
       SERVICE_NAMES.map((name) =>
-        spawnChild(newState(name, { ...commonEnv, [PORT_VARIABLES[name]]: String(ports[name]) })),
+        spawnChild(
+          newState(name, {
+            ...commonEnv,
+            [PORT_VARIABLES[name]]: String(ports[name]),
+            // The notifier reads rate limits and usage for notification payloads.
+            ...(name === "notifier" && ports.auth ? { AUTH_URL: `http://127.0.0.1:${ports.auth}` } : {}),
+          }),
+        ),
       ),
     );
     const failures = started.flatMap((result) => (result.status === "rejected" ? [result.reason] : []));

@@ -1,6 +1,6 @@
 /** Conversions between stored execution rows and their protobuf shapes. */
 import { create, fromJson, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
-import { timestampFromDate, ValueSchema } from "@bufbuild/protobuf/wkt";
+import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import {
   type Cost,
   CostSchema,
@@ -10,7 +10,6 @@ import {
   Trigger,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { type Execution, ExecutionSchema } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
-import type { BlockSpan } from "./engine/graph.js";
 import type { ExecutionRow, ExecutionStatusText, TriggerText } from "./store.js";
 
 const STATUS_BY_TEXT: Record<ExecutionStatusText, ExecutionStatus> = {
@@ -44,22 +43,6 @@ export function triggerText(trigger: Trigger): TriggerText {
   return "api";
 }
 
-export function traceSpanMessage(span: BlockSpan): TraceSpan {
-  return create(TraceSpanSchema, {
-    id: span.id,
-    blockId: span.blockId,
-    name: span.name,
-    type: span.type,
-    status: span.status,
-    startTime: timestampFromDate(span.startTime),
-    endTime: timestampFromDate(span.endTime),
-    duration: BigInt(span.durationMs),
-    input: span.input === undefined ? undefined : fromJson(ValueSchema, span.input),
-    output: span.output === undefined ? undefined : fromJson(ValueSchema, span.output),
-    error: span.error,
-  });
-}
-
 /** Spans as stored in executions.trace_spans. */
 export function traceSpansJson(spans: TraceSpan[]): JsonValue[] {
   return spans.map((span) => toJson(TraceSpanSchema, span));
@@ -67,10 +50,6 @@ export function traceSpansJson(spans: TraceSpan[]): JsonValue[] {
 
 export function traceSpansFromJson(json: JsonValue[]): TraceSpan[] {
   return json.map((span) => fromJson(TraceSpanSchema, span));
-}
-
-export function costMessage(totalUsd: number): Cost {
-  return create(CostSchema, { total: totalUsd });
 }
 
 export function costJson(cost: Cost): JsonObject {
