@@ -34,6 +34,7 @@ export const executorSettings = {
   }),
   functionWorkers: env.int("EXECUTOR_FUNCTION_WORKERS", "threads running function blocks in parallel", {
     default: Math.max(2, Math.min(4, availableParallelism())),
+    defaultText: "cores, between 2 and 4",
     min: 1,
     max: 64,
   }),

@@ -45,15 +45,26 @@ export const env = {
   string(name: string, description: string, defaultValue?: string): Setting<string> {
     return setting(name, description, defaultValue, (raw) => raw);
   },
-  int(name: string, description: string, opts: { default?: number; min?: number; max?: number } = {}) {
+  /** `defaultText` documents a default computed at start (e.g. from the machine's cores). */
+  int(
+    name: string,
+    description: string,
+    opts: { default?: number; min?: number; max?: number; defaultText?: string } = {},
+  ) {
     const { min = Number.MIN_SAFE_INTEGER, max = Number.MAX_SAFE_INTEGER } = opts;
-    return setting<number>(name, description, opts.default, (raw) => {
-      const value = Number(raw);
-      if (!/^-?\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
-        throw new SettingProblem(`${name}=${JSON.stringify(raw)} must be an integer from ${min} to ${max}`);
-      }
-      return value;
-    });
+    return setting<number>(
+      name,
+      description,
+      opts.default,
+      (raw) => {
+        const value = Number(raw);
+        if (!/^-?\d+$/.test(raw) || !Number.isSafeInteger(value) || value < min || value > max) {
+          throw new SettingProblem(`${name}=${JSON.stringify(raw)} must be an integer from ${min} to ${max}`);
+        }
+        return value;
+      },
+      opts.defaultText,
+    );
   },
   number(name: string, description: string, opts: { default?: number; min?: number } = {}) {
     const { min = Number.NEGATIVE_INFINITY } = opts;
