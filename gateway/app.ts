@@ -9,7 +9,9 @@ import Fastify, {
 import type { Logger } from "../services/platform/log.js";
 import { type GatewayClients, labelClients } from "./clients.js";
 import type { GatewayConfig } from "./config.js";
+import { registerDocs } from "./docs.js";
 import { errorAnswer, installErrorHandling, schemaErrorFormatter } from "./errors.js";
+import { errorResponses, objectOf, registerOpenApi, registerOpenApiRoute } from "./openapi.js";
 import { registerConversationRoutes } from "./routes/conversations.js";
 import { registerExecuteRoutes } from "./routes/execute.js";
 import { registerExecutionRoutes } from "./routes/executions.js";
@@ -64,15 +66,36 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
   installErrorHandling(app, config.bodyLimitBytes);
 
   const labelled = labelClients(clients);
-  app.get("/healthz", async () => ({ status: "ok" }));
-  registerExecuteRoutes(app, labelled);
-  registerWorkflowRoutes(app, labelled);
-  registerExecutionRoutes(app, labelled);
-  registerHookRoutes(app, labelled);
-  registerConversationRoutes(app, labelled);
-  registerLogRoutes(app, labelled);
-  registerNotificationRoutes(app, labelled);
-  registerTokenRoutes(app, labelled);
-  registerTenantRoutes(app, labelled);
+  // The OpenAPI generator collects routes as they are registered, so the routes go in a plugin
+  // loaded after it.
+  registerOpenApi(app);
+  app.register(async (api) => {
+    api.get(
+      "/healthz",
+      {
+        schema: {
+          summary: "Liveness of the gateway",
+          tags: ["meta"],
+          security: [],
+          response: {
+            200: objectOf({ status: { type: "string", enum: ["ok"] } }, "The gateway is up"),
+            ...errorResponses([], false),
+          },
+        },
+      },
+      async () => ({ status: "ok" }),
+    );
+    registerOpenApiRoute(api);
+    registerExecuteRoutes(api, labelled);
+    registerWorkflowRoutes(api, labelled);
+    registerExecutionRoutes(api, labelled);
+    registerHookRoutes(api, labelled);
+    registerConversationRoutes(api, labelled);
+    registerLogRoutes(api, labelled);
+    registerNotificationRoutes(api, labelled);
+    registerTokenRoutes(api, labelled);
+    registerTenantRoutes(api, labelled);
+  });
+  registerDocs(app);
   return app;
 }

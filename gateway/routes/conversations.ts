@@ -2,6 +2,8 @@ import type { FastifyInstance } from "fastify";
 import { principalOf, requireScope, workflowIdOfBody } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { conversationJson } from "../json.js";
+import { errorResponses, nullableTimestamp } from "../openapi.js";
+import { executionSchema } from "./executions.js";
 
 interface GetConversationBody {
   workflowId: string;
@@ -18,12 +20,32 @@ const getConversationBodySchema = {
   },
 } as const;
 
+const conversationSchema = {
+  type: "object",
+  description: "The conversation with its executions, oldest first",
+  required: ["conversationId", "workflowId", "createdAt", "executions"],
+  properties: {
+    conversationId: { type: "string" },
+    workflowId: { type: "string" },
+    createdAt: nullableTimestamp,
+    executions: { type: "array", items: executionSchema },
+  },
+} as const;
+
 /** POST /api/getConversationById (seed 001): a conversation with every execution in it. */
 export function registerConversationRoutes(app: FastifyInstance, clients: GatewayClients): void {
   app.post<{ Body: GetConversationBody }>(
     "/api/getConversationById",
     {
-      schema: { body: getConversationBodySchema },
+      schema: {
+        summary: "Get a conversation and its executions",
+        description:
+          "The seed's polling pattern for background runs: poll until the last execution's status " +
+          "is success or error.",
+        tags: ["execute"],
+        body: getConversationBodySchema,
+        response: { 200: conversationSchema, ...errorResponses([400, 404, 413, 415]) },
+      },
       preValidation: requireScope(clients.auth, "workflows:read", workflowIdOfBody),
     },
     async (request) => {

@@ -2,6 +2,7 @@ import type { JsonObject } from "@bufbuild/protobuf";
 import type { FastifyInstance } from "fastify";
 import type { GatewayClients } from "../clients.js";
 import { HttpError } from "../errors.js";
+import { errorResponses, objectOf } from "../openapi.js";
 
 /**
  * POST /api/v1/hooks/{hookId}: an inbound webhook. No x-api-key: the caller sends the hook's own
@@ -12,6 +13,25 @@ export function registerHookRoutes(app: FastifyInstance, clients: GatewayClients
     "/api/v1/hooks/:hookId",
     {
       schema: {
+        summary: "Trigger a workflow through its inbound hook",
+        description:
+          "No x-api-key: send the hook's secret in x-hook-secret. The JSON body becomes the " +
+          "workflow input of a background run.",
+        tags: ["workflows"],
+        security: [{ hookSecret: [] }],
+        response: {
+          202: objectOf(
+            {
+              conversationId: { type: "string" },
+              executionId: { type: "string" },
+              workflowId: { type: "string" },
+              creditUsage: { type: "integer", enum: [0] },
+              status: { type: "string", enum: ["queued"] },
+            },
+            "The queued execution",
+          ),
+          ...errorResponses([400, 401, 404, 413, 415], false),
+        },
         params: {
           type: "object",
           required: ["hookId"],

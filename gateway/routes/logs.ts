@@ -23,6 +23,7 @@ import {
   triggerName,
 } from "../json.js";
 import { limitsBlock } from "../limits.js";
+import { anyJsonObject, errorResponses, nullableTimestamp, objectOf } from "../openapi.js";
 
 /**
  * Query strings are parsed by hand rather than by schema: every value arrives as a string, and the
@@ -247,25 +248,198 @@ const idParamsSchema = (name: string) => ({
   properties: { [name]: { type: "string", minLength: 1, maxLength: 200 } },
 });
 
+// OpenAPI documentation of the hand-parsed query strings (never used to validate them).
+const commaSeparated = (what: string) => ({
+  type: "string",
+  description: `comma-separated ${what} (matches any)`,
+});
+
+const listQueryDocs = {
+  type: "object",
+  required: ["workspaceId"],
+  additionalProperties: false,
+  properties: {
+    workspaceId: { type: "string", description: "the API key's workspace (403 if another)" },
+    limit: { type: "integer", minimum: 1, maximum: 1000, description: "page size (default 100)" },
+    cursor: { type: "string", description: "nextCursor of the previous page" },
+    order: { type: "string", enum: ["desc", "asc"], description: "by startedAt (default desc)" },
+    details: { type: "string", enum: ["basic", "full"] },
+    includeTraceSpans: { type: "boolean" },
+    includeFinalOutput: { type: "boolean" },
+    workflowIds: commaSeparated("workflow ids"),
+    folderIds: commaSeparated("folder ids"),
+    triggers: commaSeparated("triggers: api, webhook, schedule, manual, chat"),
+    level: { type: "string", enum: ["info", "error"] },
+    startDate: { type: "string", format: "date-time", description: "ISO-8601, inclusive" },
+    endDate: { type: "string", format: "date-time", description: "ISO-8601, inclusive" },
+    executionId: { type: "string" },
+    minDurationMs: { type: "integer", minimum: 0 },
+    maxDurationMs: { type: "integer", minimum: 0 },
+    minCost: { type: "number", minimum: 0, description: "USD" },
+    maxCost: { type: "number", minimum: 0, description: "USD" },
+    model: commaSeparated("model names"),
+  },
+} as const;
+
+const workspaceQueryDocs = {
+  type: "object",
+  additionalProperties: false,
+  properties: {
+    workspaceId: { type: "string", description: "the API key's workspace (403 if another)" },
+  },
+} as const;
+
+const executionBucketSchema = {
+  type: ["object", "null"],
+  properties: {
+    requestsPerMinute: { type: "integer" },
+    maxBurst: { type: "integer" },
+    remaining: { type: "integer" },
+    resetAt: nullableTimestamp,
+  },
+} as const;
+
+export const limitsSchema = {
+  type: "object",
+  description: "The workspace's execution rate limits and billing-period usage",
+  properties: {
+    workflowExecutionRateLimit: {
+      type: "object",
+      properties: { sync: executionBucketSchema, async: executionBucketSchema },
+    },
+    usage: {
+      type: ["object", "null"],
+      properties: {
+        currentPeriodCost: { type: "number", description: "USD" },
+        limit: { type: "number", description: "USD" },
+        plan: { type: "string" },
+        isExceeded: { type: "boolean" },
+      },
+    },
+  },
+} as const;
+
+const costTotalSchema = objectOf({ total: { type: "number", description: "USD" } });
+
+const logItemSchema = {
+  type: "object",
+  required: [
+    "id",
+    "workflowId",
+    "executionId",
+    "level",
+    "trigger",
+    "startedAt",
+    "endedAt",
+    "totalDurationMs",
+    "cost",
+    "files",
+  ],
+  properties: {
+    id: { type: "string" },
+    workflowId: { type: "string" },
+    executionId: { type: "string" },
+    level: { type: "string", enum: ["info", "error"] },
+    trigger: { type: ["string", "null"] },
+    startedAt: nullableTimestamp,
+    endedAt: nullableTimestamp,
+    totalDurationMs: { type: "integer" },
+    cost: costTotalSchema,
+    files: { type: "null" },
+    workflow: { type: ["object", "null"], description: "details=full" },
+    finalOutput: { type: ["object", "null"], description: "includeFinalOutput=true" },
+    traceSpans: { type: "array", items: anyJsonObject, description: "includeTraceSpans=true" },
+  },
+} as const;
+
+const logDetailSchema = {
+  type: "object",
+  required: [...logItemSchema.required.filter((k) => k !== "files"), "workflow", "executionData"],
+  properties: {
+    ...logItemSchema.properties,
+    cost: { type: "object", description: "total, tokens and per-model cost", properties: {} },
+    executionData: {
+      type: "object",
+      properties: {
+        traceSpans: { type: "array", items: anyJsonObject },
+        finalOutput: { type: ["object", "null"] },
+      },
+    },
+  },
+} as const;
+
+const executionSnapshotSchema = objectOf(
+  {
+    executionId: { type: "string" },
+    workflowId: { type: "string" },
+    workflowState: { ...anyJsonObject, description: "blocks, edges, loops and parallels as run" },
+    executionMetadata: objectOf({
+      trigger: { type: ["string", "null"] },
+      startedAt: nullableTimestamp,
+      endedAt: nullableTimestamp,
+      totalDurationMs: { type: "integer" },
+      cost: { type: "object", properties: {} },
+    }),
+  },
+  "The execution with the workflow definition it ran",
+);
+
 /** GET /api/v1/logs, /api/v1/logs/:id and /api/v1/logs/executions/:executionId (seed 002). */
 export function registerLogRoutes(app: FastifyInstance, clients: GatewayClients): void {
   const withLimits = requireScope(clients.auth, "logs:read", undefined, { includeLimits: true });
-  app.get("/api/v1/logs", { preValidation: withLimits }, async (request) => {
-    const { workspaceId, shape, request: listRequest } = parseListQuery(request.query as RawQuery);
-    const principal = principalOf(request);
-    checkWorkspace(workspaceId, principal.tenantId);
-    const res = await clients.logs.queryLogs({ ...listRequest, tenantId: principal.tenantId });
-    // The list response, assembled here only.
-    return {
-      data: res.data.map((entry) => logListItemJson(entry, shape)),
-      nextCursor: res.nextCursor === "" ? null : res.nextCursor,
-      limits: limitsBlock(request),
-    };
-  });
+  app.get(
+    "/api/v1/logs",
+    {
+      schema: {
+        summary: "List execution logs",
+        description:
+          "Keyset-paginated, newest first by default: follow nextCursor until it is null. Unknown " +
+          "query parameters are refused with 400.",
+        tags: ["logs"],
+        response: {
+          200: objectOf(
+            {
+              data: { type: "array", items: logItemSchema },
+              nextCursor: { type: ["string", "null"] },
+              limits: limitsSchema,
+            },
+            "One page of logs",
+          ),
+          ...errorResponses([400]),
+        },
+      },
+      config: { openapi: { querystring: listQueryDocs } },
+      preValidation: withLimits,
+    },
+    async (request) => {
+      const { workspaceId, shape, request: listRequest } = parseListQuery(request.query as RawQuery);
+      const principal = principalOf(request);
+      checkWorkspace(workspaceId, principal.tenantId);
+      const res = await clients.logs.queryLogs({ ...listRequest, tenantId: principal.tenantId });
+      // The list response, assembled here only.
+      return {
+        data: res.data.map((entry) => logListItemJson(entry, shape)),
+        nextCursor: res.nextCursor === "" ? null : res.nextCursor,
+        limits: limitsBlock(request),
+      };
+    },
+  );
 
   app.get<{ Params: { id: string } }>(
     "/api/v1/logs/:id",
-    { schema: { params: idParamsSchema("id") }, preValidation: withLimits },
+    {
+      schema: {
+        summary: "Get one log with its trace spans and output",
+        tags: ["logs"],
+        params: idParamsSchema("id"),
+        response: {
+          200: objectOf({ data: logDetailSchema, limits: limitsSchema }, "The log"),
+          ...errorResponses([400, 404]),
+        },
+      },
+      config: { openapi: { querystring: workspaceQueryDocs } },
+      preValidation: withLimits,
+    },
     async (request) => {
       const workspaceId = parseWorkspaceOnly(request.query as RawQuery);
       const principal = principalOf(request);
@@ -280,7 +454,13 @@ export function registerLogRoutes(app: FastifyInstance, clients: GatewayClients)
   app.get<{ Params: { executionId: string } }>(
     "/api/v1/logs/executions/:executionId",
     {
-      schema: { params: idParamsSchema("executionId") },
+      schema: {
+        summary: "Get an execution's snapshot by execution id",
+        tags: ["logs"],
+        params: idParamsSchema("executionId"),
+        response: { 200: executionSnapshotSchema, ...errorResponses([400, 404]) },
+      },
+      config: { openapi: { querystring: workspaceQueryDocs } },
       preValidation: requireScope(clients.auth, "logs:read"),
     },
     async (request) => {

@@ -11,6 +11,7 @@ import { principalOf, requireScope } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { badRequest } from "../errors.js";
 import { isoTime } from "../json.js";
+import { errorResponses, nullableTimestamp, objectOf } from "../openapi.js";
 
 /**
  * Notifications (seed 002): a workspace's subscriptions over webhook, email or Slack, their alert
@@ -142,6 +143,79 @@ const deliveriesQuery = {
     cursor: { type: "string", maxLength: 200 },
   },
 } as const;
+
+const subscriptionSchema = {
+  type: "object",
+  required: ["id", "name", "channel", "allWorkflows", "enabled", "createdAt", "updatedAt"],
+  properties: {
+    id: { type: "string" },
+    name: { type: "string" },
+    channel: { type: ["string", "null"], enum: ["webhook", "email", "slack", null] },
+    webhook: {
+      type: "object",
+      properties: {
+        url: { type: "string" },
+        hasSecret: { type: "boolean" },
+        standardWebhooks: { type: "boolean" },
+      },
+    },
+    email: { type: "object", properties: { to: { type: "array", items: { type: "string" } } } },
+    slack: { type: "object", properties: { hasSecret: { type: "boolean" } } },
+    allWorkflows: { type: "boolean" },
+    workflowIds: { type: "array", items: { type: "string" } },
+    levelFilter: { type: "array", items: { type: "string" } },
+    triggerFilter: { type: "array", items: { type: "string" } },
+    includeFinalOutput: { type: "boolean" },
+    includeTraceSpans: { type: "boolean" },
+    includeRateLimits: { type: "boolean" },
+    includeUsageData: { type: "boolean" },
+    enabled: { type: "boolean" },
+    alertRule: {
+      type: ["object", "null"],
+      properties: {
+        type: { type: ["string", "null"] },
+        threshold: { type: "number" },
+        windowHours: { type: "integer" },
+      },
+    },
+    disabledReason: { type: ["string", "null"] },
+    createdAt: nullableTimestamp,
+    updatedAt: nullableTimestamp,
+  },
+} as const;
+
+const deliverySchema = {
+  type: "object",
+  required: ["id", "eventId", "eventType", "channel", "status", "createdAt", "attempts"],
+  properties: {
+    id: { type: "string" },
+    eventId: { type: "string" },
+    eventType: { type: "string" },
+    executionId: { type: ["string", "null"] },
+    workflowId: { type: ["string", "null"] },
+    channel: { type: "string" },
+    status: { type: "string" },
+    createdAt: nullableTimestamp,
+    nextAttemptAt: nullableTimestamp,
+    attempts: {
+      type: "array",
+      items: {
+        type: "object",
+        properties: {
+          number: { type: "integer" },
+          at: nullableTimestamp,
+          statusCode: { type: ["integer", "null"] },
+          latencyMs: { type: "integer" },
+          responseSnippet: { type: "string" },
+          error: { type: ["string", "null"] },
+        },
+      },
+    },
+  },
+} as const;
+
+const oneSubscription = (description: string) => objectOf({ data: subscriptionSchema }, description);
+const oneDelivery = (description: string) => objectOf({ data: deliverySchema }, description);
 
 function alertRuleMessage(rule: AlertRuleBody | null | undefined) {
   if (!rule) return undefined;
@@ -276,7 +350,15 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.post<{ Body: SubscriptionBody }>(
     "/api/v1/notifications",
-    { schema: { body: createBodySchema }, preValidation: write },
+    {
+      schema: {
+        summary: "Create a subscription (exactly one of webhook, email or slack)",
+        tags: ["notifications"],
+        body: createBodySchema,
+        response: { 201: oneSubscription("The subscription"), ...errorResponses([400, 413, 415]) },
+      },
+      preValidation: write,
+    },
     async (request, reply) => {
       const channels = ["webhook", "email", "slack"].filter((c) => c in request.body);
       if (channels.length !== 1) throw badRequest("body must have exactly one of webhook, email or slack");
@@ -288,14 +370,38 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
     },
   );
 
-  app.get("/api/v1/notifications", { preValidation: read }, async (request) => {
-    const { subscriptions } = await notifier.listSubscriptions({ tenantId: principalOf(request).tenantId });
-    return { data: subscriptions.map(subscriptionJson) };
-  });
+  app.get(
+    "/api/v1/notifications",
+    {
+      schema: {
+        summary: "List the workspace's subscriptions",
+        tags: ["notifications"],
+        response: {
+          200: objectOf({ data: { type: "array", items: subscriptionSchema } }, "The subscriptions"),
+          ...errorResponses([]),
+        },
+      },
+      preValidation: read,
+    },
+    async (request) => {
+      const { subscriptions } = await notifier.listSubscriptions({
+        tenantId: principalOf(request).tenantId,
+      });
+      return { data: subscriptions.map(subscriptionJson) };
+    },
+  );
 
   app.get<{ Params: { id: string } }>(
     "/api/v1/notifications/:id",
-    { schema: { params: idParams }, preValidation: read },
+    {
+      schema: {
+        summary: "Get a subscription",
+        tags: ["notifications"],
+        params: idParams,
+        response: { 200: oneSubscription("The subscription"), ...errorResponses([400, 404]) },
+      },
+      preValidation: read,
+    },
     async (request) => {
       const { subscription } = await notifier.getSubscription({
         tenantId: principalOf(request).tenantId,
@@ -307,7 +413,16 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.patch<{ Params: { id: string }; Body: SubscriptionBody }>(
     "/api/v1/notifications/:id",
-    { schema: { params: idParams, body: patchBodySchema }, preValidation: write },
+    {
+      schema: {
+        summary: "Change some fields of a subscription",
+        tags: ["notifications"],
+        params: idParams,
+        body: patchBodySchema,
+        response: { 200: oneSubscription("The subscription"), ...errorResponses([400, 404, 413, 415]) },
+      },
+      preValidation: write,
+    },
     async (request) => {
       const paths = Object.keys(request.body).map((key) => MASK_PATHS[key as keyof SubscriptionBody]);
       const { subscription } = await notifier.updateSubscription({
@@ -322,7 +437,15 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.delete<{ Params: { id: string } }>(
     "/api/v1/notifications/:id",
-    { schema: { params: idParams }, preValidation: write },
+    {
+      schema: {
+        summary: "Delete a subscription",
+        tags: ["notifications"],
+        params: idParams,
+        response: { 204: { type: "null", description: "Deleted" }, ...errorResponses([400, 404]) },
+      },
+      preValidation: write,
+    },
     async (request, reply) => {
       await notifier.deleteSubscription({ tenantId: principalOf(request).tenantId, id: request.params.id });
       return reply.code(204).send();
@@ -331,7 +454,22 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.get<{ Params: { id: string }; Querystring: { limit?: string; cursor?: string } }>(
     "/api/v1/notifications/:id/deliveries",
-    { schema: { params: idParams, querystring: deliveriesQuery }, preValidation: read },
+    {
+      schema: {
+        summary: "List a subscription's deliveries with their attempts",
+        tags: ["notifications"],
+        params: idParams,
+        querystring: deliveriesQuery,
+        response: {
+          200: objectOf(
+            { data: { type: "array", items: deliverySchema }, nextCursor: { type: ["string", "null"] } },
+            "One page of deliveries",
+          ),
+          ...errorResponses([400, 404]),
+        },
+      },
+      preValidation: read,
+    },
     async (request) => {
       const limit = request.query.limit === undefined ? 0 : Number(request.query.limit);
       const { deliveries, nextCursor } = await notifier.listDeliveries({
@@ -346,7 +484,15 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.post<{ Params: { id: string; deliveryId: string } }>(
     "/api/v1/notifications/:id/deliveries/:deliveryId/redeliver",
-    { schema: { params: deliveryParams }, preValidation: write },
+    {
+      schema: {
+        summary: "Send a delivery again",
+        tags: ["notifications"],
+        params: deliveryParams,
+        response: { 202: oneDelivery("The delivery, queued again"), ...errorResponses([400, 404]) },
+      },
+      preValidation: write,
+    },
     async (request, reply) => {
       const { delivery } = await notifier.redeliver({
         tenantId: principalOf(request).tenantId,
@@ -359,7 +505,15 @@ export function registerNotificationRoutes(app: FastifyInstance, clients: Gatewa
 
   app.post<{ Params: { id: string } }>(
     "/api/v1/notifications/:id/test",
-    { schema: { params: idParams }, preValidation: write },
+    {
+      schema: {
+        summary: "Send a test event to a subscription",
+        tags: ["notifications"],
+        params: idParams,
+        response: { 202: oneDelivery("The test delivery, queued"), ...errorResponses([400, 404]) },
+      },
+      preValidation: write,
+    },
     async (request, reply) => {
       const { delivery } = await notifier.testSubscription({
         tenantId: principalOf(request).tenantId,

@@ -5,7 +5,9 @@ import type { GatewayClients } from "../clients.js";
 import { HttpError } from "../errors.js";
 import { isoTime } from "../json.js";
 import { limitsJson } from "../limits.js";
-import { tokenJson } from "./tokens.js";
+import { errorResponses, nullableTimestamp, objectOf } from "../openapi.js";
+import { limitsSchema } from "./logs.js";
+import { tokenJson, tokenSchema } from "./tokens.js";
 
 const PLANS = { free: Plan.FREE, pro: Plan.PRO, team: Plan.TEAM, enterprise: Plan.ENTERPRISE } as const;
 type PlanName = keyof typeof PLANS;
@@ -35,6 +37,13 @@ const tenantIdParamsSchema = {
   properties: { id: { type: "string", minLength: 1, maxLength: 100 } },
 } as const;
 
+const tenantProperties = {
+  id: { type: "string" },
+  name: { type: "string" },
+  plan: { type: ["string", "null"], enum: [...Object.keys(PLANS), null] },
+  createdAt: nullableTimestamp,
+};
+
 function tenantJson(tenant: Tenant) {
   return {
     id: tenant.id,
@@ -57,7 +66,22 @@ function requireAdminKey(request: FastifyRequest): void {
 export function registerTenantRoutes(app: FastifyInstance, clients: GatewayClients): void {
   app.post<{ Body: CreateTenantBody }>(
     "/api/v1/tenants",
-    { schema: { body: createTenantBodySchema }, preValidation: requireScope(clients.auth, "tokens:write") },
+    {
+      schema: {
+        summary: "Create a workspace with its first admin key",
+        description: "Admin keys only. The admin key (`data.adminKey.key`) is shown only here.",
+        tags: ["workspaces"],
+        body: createTenantBodySchema,
+        response: {
+          201: objectOf(
+            { data: objectOf({ ...tenantProperties, adminKey: tokenSchema }) },
+            "The workspace and its admin key",
+          ),
+          ...errorResponses([400, 413, 415]),
+        },
+      },
+      preValidation: requireScope(clients.auth, "tokens:write"),
+    },
     async (request, reply) => {
       requireAdminKey(request);
       const res = await clients.tenants.createTenant({
@@ -76,7 +100,19 @@ export function registerTenantRoutes(app: FastifyInstance, clients: GatewayClien
 
   app.get<{ Params: { id: string } }>(
     "/api/v1/tenants/:id",
-    { schema: { params: tenantIdParamsSchema }, preValidation: requireScope(clients.auth, "tokens:read") },
+    {
+      schema: {
+        summary: "Get the key's own workspace with its limits and usage",
+        description: "Admin keys only; another workspace's id answers 404.",
+        tags: ["workspaces"],
+        params: tenantIdParamsSchema,
+        response: {
+          200: objectOf({ data: objectOf({ ...tenantProperties, limits: limitsSchema }) }, "The workspace"),
+          ...errorResponses([400, 404]),
+        },
+      },
+      preValidation: requireScope(clients.auth, "tokens:read"),
+    },
     async (request) => {
       requireAdminKey(request);
       const tenantId = principalOf(request).tenantId;

@@ -9,6 +9,7 @@ import { principalOf, requireScope } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { badRequest } from "../errors.js";
 import { isoTime, tokenKindName } from "../json.js";
+import { errorResponses, nullableTimestamp, objectOf } from "../openapi.js";
 
 interface CreateTokenBody {
   name: string;
@@ -75,6 +76,44 @@ function pageOf(query: PageQuery): { limit: number; cursor: string } {
   return { limit, cursor: query.cursor ?? "" };
 }
 
+export const tokenSchema = {
+  type: "object",
+  required: ["id", "kind", "name", "scopes", "prefix", "createdAt"],
+  properties: {
+    id: { type: "string" },
+    kind: { type: ["string", "null"], enum: ["app", "admin", null] },
+    name: { type: "string" },
+    purpose: { type: "string" },
+    scopes: { type: "array", items: { type: "string" } },
+    workflowIds: { type: "array", items: { type: "string" } },
+    prefix: { type: "string", description: "the key's visible start, to recognise it" },
+    createdBy: { type: "string" },
+    createdAt: nullableTimestamp,
+    expiresAt: nullableTimestamp,
+    lastUsedAt: nullableTimestamp,
+    revokedAt: nullableTimestamp,
+    rotatedAt: nullableTimestamp,
+    previousKeyExpiresAt: nullableTimestamp,
+    rateLimitPerMinute: { type: ["integer", "null"] },
+    expiryWarningDays: { type: ["integer", "null"] },
+    key: { type: "string", description: "the secret: only in create and rotate answers" },
+  },
+} as const;
+
+const tokenEventSchema = objectOf({
+  id: { type: "string" },
+  tokenId: { type: "string" },
+  workspaceId: { type: "string" },
+  actor: { type: "string" },
+  event: { type: "string" },
+  reason: { type: "string" },
+  at: nullableTimestamp,
+});
+
+const oneToken = (description: string) => objectOf({ data: tokenSchema }, description);
+const tokenPage = (items: object, description: string) =>
+  objectOf({ data: { type: "array", items }, nextCursor: { type: ["string", "null"] } }, description);
+
 /** The rotate body is optional: no body means the defaults. */
 async function bodyDefaultsToEmpty(request: FastifyRequest): Promise<void> {
   if (request.body === undefined || request.body === null) request.body = {};
@@ -123,7 +162,16 @@ function tokenEventJson(event: TokenEvent) {
 export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClients): void {
   app.post<{ Body: CreateTokenBody }>(
     "/api/v1/tokens",
-    { schema: { body: createTokenBodySchema }, preValidation: requireScope(clients.auth, "tokens:write") },
+    {
+      schema: {
+        summary: "Create an API key",
+        description: "The key (`data.key`) is shown only in this answer.",
+        tags: ["tokens"],
+        body: createTokenBodySchema,
+        response: { 201: oneToken("The token with its key"), ...errorResponses([400, 413, 415]) },
+      },
+      preValidation: requireScope(clients.auth, "tokens:write"),
+    },
     async (request, reply) => {
       const body = request.body;
       // Admin tokens hold every scope; an app token is exactly its listed scopes (at least one,
@@ -153,7 +201,15 @@ export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClient
 
   app.get<{ Querystring: PageQuery }>(
     "/api/v1/tokens",
-    { schema: { querystring: pageQuerySchema }, preValidation: requireScope(clients.auth, "tokens:read") },
+    {
+      schema: {
+        summary: "List the workspace's API keys",
+        tags: ["tokens"],
+        querystring: pageQuerySchema,
+        response: { 200: tokenPage(tokenSchema, "One page of tokens"), ...errorResponses([400]) },
+      },
+      preValidation: requireScope(clients.auth, "tokens:read"),
+    },
     async (request) => {
       const { limit, cursor } = pageOf(request.query);
       const res = await clients.auth.listTokens({ tenantId: principalOf(request).tenantId, limit, cursor });
@@ -166,7 +222,15 @@ export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClient
 
   app.get<{ Params: { id: string } }>(
     "/api/v1/tokens/:id",
-    { schema: { params: tokenIdParamsSchema }, preValidation: requireScope(clients.auth, "tokens:read") },
+    {
+      schema: {
+        summary: "Get an API key (never its secret)",
+        tags: ["tokens"],
+        params: tokenIdParamsSchema,
+        response: { 200: oneToken("The token"), ...errorResponses([400, 404]) },
+      },
+      preValidation: requireScope(clients.auth, "tokens:read"),
+    },
     async (request) => {
       const { token } = await clients.auth.getToken({
         tenantId: principalOf(request).tenantId,
@@ -180,7 +244,14 @@ export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClient
   app.post<{ Params: { id: string }; Body: RotateBody | undefined }>(
     "/api/v1/tokens/:id/rotate",
     {
-      schema: { params: tokenIdParamsSchema, body: rotateBodySchema },
+      schema: {
+        summary: "Rotate an API key",
+        description: "A new key is returned once; the old one keeps working for gracePeriodSeconds.",
+        tags: ["tokens"],
+        params: tokenIdParamsSchema,
+        body: rotateBodySchema,
+        response: { 200: oneToken("The token with its new key"), ...errorResponses([400, 404, 415]) },
+      },
       preValidation: [requireScope(clients.auth, "tokens:write"), bodyDefaultsToEmpty],
     },
     async (request) => {
@@ -198,7 +269,16 @@ export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClient
 
   app.delete<{ Params: { id: string } }>(
     "/api/v1/tokens/:id",
-    { schema: { params: tokenIdParamsSchema }, preValidation: requireScope(clients.auth, "tokens:write") },
+    {
+      schema: {
+        summary: "Revoke an API key",
+        description: "Effective on every gateway within a second.",
+        tags: ["tokens"],
+        params: tokenIdParamsSchema,
+        response: { 200: oneToken("The revoked token"), ...errorResponses([400, 404]) },
+      },
+      preValidation: requireScope(clients.auth, "tokens:write"),
+    },
     async (request) => {
       const principal = principalOf(request);
       const { token } = await clients.auth.revokeToken({
@@ -215,7 +295,13 @@ export function registerTokenRoutes(app: FastifyInstance, clients: GatewayClient
   app.get<{ Params: { id: string }; Querystring: PageQuery }>(
     "/api/v1/tokens/:id/events",
     {
-      schema: { params: tokenIdParamsSchema, querystring: pageQuerySchema },
+      schema: {
+        summary: "An API key's audit trail",
+        tags: ["tokens"],
+        params: tokenIdParamsSchema,
+        querystring: pageQuerySchema,
+        response: { 200: tokenPage(tokenEventSchema, "One page of events"), ...errorResponses([400, 404]) },
+      },
       preValidation: requireScope(clients.auth, "tokens:read"),
     },
     async (request) => {

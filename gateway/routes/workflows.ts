@@ -15,6 +15,7 @@ import { principalOf, requireScope, type Scope } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { badRequest } from "../errors.js";
 import { isoTime } from "../json.js";
+import { anyJsonObject, errorResponses, nullableTimestamp, objectOf } from "../openapi.js";
 
 /**
  * Workflows (issue 4): create, list, get, publish versions, schedules and inbound-hook creation.
@@ -105,6 +106,50 @@ const createHookBodySchema = {
   properties: { version: { type: "integer", minimum: 1, maximum: 2_147_483_647 } },
 } as const;
 
+const versionSchema = objectOf({
+  workflowId: { type: "string" },
+  version: { type: "integer" },
+  createdAt: nullableTimestamp,
+});
+
+const workflowSchema = objectOf({
+  id: { type: "string" },
+  name: { type: "string" },
+  description: { type: "string" },
+  folderId: { type: ["string", "null"] },
+  latestVersion: { type: "integer", description: "0 until a version is published" },
+  createdAt: nullableTimestamp,
+});
+
+const workflowWithVersionsSchema = {
+  ...workflowSchema,
+  required: [...(workflowSchema.required as string[]), "versions"],
+  properties: {
+    ...(workflowSchema.properties as object),
+    versions: { type: "array", items: versionSchema },
+  },
+};
+
+const scheduleSchema = objectOf({
+  id: { type: "string" },
+  workflowId: { type: "string" },
+  version: { type: ["integer", "null"], description: "null runs the latest version" },
+  cron: { type: "string" },
+  timezone: { type: "string" },
+  input: anyJsonObject,
+  createdAt: nullableTimestamp,
+  nextRunAt: nullableTimestamp,
+});
+
+const hookSchema = objectOf({
+  id: { type: "string" },
+  workflowId: { type: "string" },
+  version: { type: ["integer", "null"] },
+  url: { type: "string", description: "POST here with x-hook-secret" },
+  createdAt: nullableTimestamp,
+  secret: { type: "string", description: "shown only in this answer" },
+});
+
 /** The definition as the executor's contract wants it; a JSON shape problem is a 400 naming it. */
 function parseState(json: JsonObject, field: string): WorkflowState {
   try {
@@ -168,7 +213,16 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.post<{ Body: CreateWorkflowBody }>(
     "/api/v1/workflows",
     {
-      schema: { body: createWorkflowBodySchema },
+      schema: {
+        summary: "Create a workflow",
+        description: "With `state`, its first version is published at once.",
+        tags: ["workflows"],
+        body: createWorkflowBodySchema,
+        response: {
+          201: { ...workflowWithVersionsSchema, description: "The workflow" },
+          ...errorResponses([400, 413, 415]),
+        },
+      },
       preValidation: requireScope(clients.auth, "workflows:write"),
     },
     async (request, reply) => {
@@ -191,7 +245,21 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.get<{ Querystring: ListWorkflowsQuery }>(
     "/api/v1/workflows",
     {
-      schema: { querystring: listWorkflowsQuerySchema },
+      schema: {
+        summary: "List workflows",
+        tags: ["workflows"],
+        querystring: listWorkflowsQuerySchema,
+        response: {
+          200: objectOf(
+            {
+              workflows: { type: "array", items: workflowSchema },
+              nextCursor: { type: ["string", "null"] },
+            },
+            "One page of workflows",
+          ),
+          ...errorResponses([400]),
+        },
+      },
       preValidation: requireScope(clients.auth, "workflows:read"),
     },
     async (request) => {
@@ -213,7 +281,15 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.get<{ Params: { id: string } }>(
     "/api/v1/workflows/:id",
     {
-      schema: { params: idParamsSchema },
+      schema: {
+        summary: "Get a workflow and its versions",
+        tags: ["workflows"],
+        params: idParamsSchema,
+        response: {
+          200: { ...workflowWithVersionsSchema, description: "The workflow" },
+          ...errorResponses([400, 404]),
+        },
+      },
       preValidation: requireScopeOnWorkflow(clients.auth, "workflows:read"),
     },
     async (request) => {
@@ -229,7 +305,17 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.post<{ Params: { id: string }; Body: JsonObject }>(
     "/api/v1/workflows/:id/versions",
     {
-      schema: { params: idParamsSchema, body: workflowStateSchema },
+      schema: {
+        summary: "Publish a new immutable version",
+        description: "The body is the workflowState: blocks, edges, loops and parallels.",
+        tags: ["workflows"],
+        params: idParamsSchema,
+        body: workflowStateSchema,
+        response: {
+          201: { ...versionSchema, description: "The version" },
+          ...errorResponses([400, 404, 413, 415]),
+        },
+      },
       preValidation: requireScopeOnWorkflow(clients.auth, "workflows:write"),
     },
     async (request, reply) => {
@@ -245,7 +331,16 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.post<{ Params: { id: string }; Body: CreateScheduleBody }>(
     "/api/v1/workflows/:id/schedules",
     {
-      schema: { params: idParamsSchema, body: createScheduleBodySchema },
+      schema: {
+        summary: "Schedule a workflow (cron)",
+        tags: ["workflows"],
+        params: idParamsSchema,
+        body: createScheduleBodySchema,
+        response: {
+          201: { ...scheduleSchema, description: "The schedule" },
+          ...errorResponses([400, 404, 413, 415]),
+        },
+      },
       preValidation: requireScopeOnWorkflow(clients.auth, "workflows:write"),
     },
     async (request, reply) => {
@@ -265,7 +360,15 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.get<{ Params: { id: string } }>(
     "/api/v1/workflows/:id/schedules",
     {
-      schema: { params: idParamsSchema },
+      schema: {
+        summary: "List a workflow's schedules",
+        tags: ["workflows"],
+        params: idParamsSchema,
+        response: {
+          200: objectOf({ schedules: { type: "array", items: scheduleSchema } }, "The schedules"),
+          ...errorResponses([400, 404]),
+        },
+      },
       preValidation: requireScopeOnWorkflow(clients.auth, "workflows:read"),
     },
     async (request) => {
@@ -281,6 +384,12 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
     "/api/v1/workflows/:id/schedules/:scheduleId",
     {
       schema: {
+        summary: "Delete a schedule",
+        tags: ["workflows"],
+        response: {
+          200: objectOf({ deleted: { type: "boolean", enum: [true] } }, "Deleted"),
+          ...errorResponses([400, 404]),
+        },
         params: {
           type: "object",
           required: ["id", "scheduleId"],
@@ -305,7 +414,16 @@ export function registerWorkflowRoutes(app: FastifyInstance, clients: GatewayCli
   app.post<{ Params: { id: string }; Body: CreateHookBody | undefined }>(
     "/api/v1/workflows/:id/hooks",
     {
-      schema: { params: idParamsSchema, body: createHookBodySchema },
+      schema: {
+        summary: "Create an inbound hook (URL + secret) that runs the workflow in the background",
+        tags: ["workflows"],
+        params: idParamsSchema,
+        body: createHookBodySchema,
+        response: {
+          201: { ...hookSchema, description: "The hook, with its secret shown once" },
+          ...errorResponses([400, 404, 413, 415]),
+        },
+      },
       preValidation: requireScopeOnWorkflow(clients.auth, "workflows:write"),
     },
     async (request, reply) => {

@@ -1,8 +1,13 @@
 /** RPC handlers: request-level checks, then the function that does the work. */
-import type { JsonObject } from "@bufbuild/protobuf";
+import type { DescMessage, JsonObject } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import { InvalidArgumentError, toConnectError } from "../platform/errors.js";
-import type { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
+import {
+  ExecuteBackgroundResponseSchema,
+  ExecuteResponseSchema,
+  type ExecutionService,
+  type WorkflowService,
+} from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { cancelExecution, getExecution } from "./cancel.js";
 import {
   type ExecuteCommand,
@@ -12,6 +17,7 @@ import {
   getConversation,
 } from "./executions.js";
 import { createHook, triggerHook } from "./hooks.js";
+import { fingerprintOf, type IdempotentCall, idempotent, validIdempotencyKey } from "./idempotency.js";
 import { createSchedule, deleteSchedule, listSchedules } from "./schedules.js";
 import { watchExecution } from "./watch.js";
 import { createWorkflow, getWorkflow, listWorkflows, publishVersion } from "./workflows.js";
@@ -75,6 +81,35 @@ function executeCommand(req: {
     input: req.input ?? {},
     conversationId: req.conversationId,
     trigger: req.trigger,
+  };
+}
+
+// How long past its expected end a first request holds its idempotency key (then a repeat may run).
+const LEASE_MARGIN_MS = 30_000;
+
+function idempotentCall<S extends DescMessage>(
+  req: { idempotencyKey: string; requestFingerprint: string },
+  cmd: ExecuteCommand,
+  method: string,
+  response: S,
+  leaseMs: number,
+): IdempotentCall<S> {
+  return {
+    tenantId: cmd.tenantId,
+    key: validIdempotencyKey(req.idempotencyKey),
+    method,
+    // Callers other than the gateway may leave the fingerprint to the request's own fields.
+    fingerprint:
+      req.requestFingerprint ||
+      fingerprintOf({
+        workflowId: cmd.workflowId,
+        version: cmd.version,
+        input: cmd.input,
+        conversationId: cmd.conversationId,
+        trigger: cmd.trigger,
+      }),
+    leaseMs,
+    response,
   };
 }
 
@@ -167,11 +202,23 @@ export function workflowHandlers(deps: ExecutionDeps): ServiceImpl<typeof Workfl
 export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof ExecutionService> {
   return {
     async execute(req) {
-      return executeWorkflow(deps, executeCommand(req));
+      const cmd = executeCommand(req);
+      if (req.idempotencyKey === "") return executeWorkflow(deps, cmd);
+      return idempotent(
+        deps,
+        idempotentCall(req, cmd, "execute", ExecuteResponseSchema, deps.runTimeoutMs + LEASE_MARGIN_MS),
+        () => executeWorkflow(deps, cmd),
+      );
     },
 
     async executeBackground(req) {
-      return executeInBackground(deps, executeCommand(req));
+      const cmd = executeCommand(req);
+      if (req.idempotencyKey === "") return executeInBackground(deps, cmd);
+      return idempotent(
+        deps,
+        idempotentCall(req, cmd, "execute_background", ExecuteBackgroundResponseSchema, LEASE_MARGIN_MS),
+        () => executeInBackground(deps, cmd),
+      );
     },
 
     async getConversation(req) {

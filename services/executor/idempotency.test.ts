@@ -1,0 +1,180 @@
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createTestDatabase, type TestDatabase } from "../../test/helpers/infra.js";
+import { createDatabase, migrateToLatest } from "../platform/db.js";
+import {
+  type ExecuteBackgroundResponse,
+  ExecuteBackgroundResponseSchema,
+} from "../platform/gen/flowplane/executor/v1/executor_pb.js";
+import { createLogger } from "../platform/log.js";
+import {
+  canonicalJson,
+  deleteExpiredIdempotencyKeys,
+  type IdempotentCall,
+  IN_PROGRESS_MESSAGE,
+  idempotent,
+  REUSED_MESSAGE,
+  validIdempotencyKey,
+} from "./idempotency.js";
+import type { ExecutorDb } from "./store.js";
+
+let testDb: TestDatabase;
+let db: ExecutorDb;
+let raw: pg.Client;
+const log = createLogger("idempotency-test", "silent");
+
+beforeAll(async () => {
+  testDb = await createTestDatabase();
+  const plain = createDatabase<unknown>({ url: testDb.url, schema: "executor" });
+  db = plain as unknown as ExecutorDb;
+  await migrateToLatest(plain, "executor", fileURLToPath(new URL("./migrations", import.meta.url)));
+  raw = new pg.Client({ connectionString: testDb.url });
+  await raw.connect();
+});
+
+afterAll(async () => {
+  await raw?.end();
+  await db?.destroy();
+  await testDb?.drop();
+});
+
+function callOf(
+  key: string,
+  fingerprint = "f1",
+  tenantId = "t1",
+): IdempotentCall<typeof ExecuteBackgroundResponseSchema> {
+  return {
+    tenantId,
+    key,
+    method: "execute_background",
+    fingerprint,
+    leaseMs: 60_000,
+    response: ExecuteBackgroundResponseSchema,
+  };
+}
+
+/** A "run" that counts its calls and answers a new execution id each time. */
+function counter() {
+  let runs = 0;
+  return {
+    get runs() {
+      return runs;
+    },
+    run: async (): Promise<ExecuteBackgroundResponse> => {
+      runs += 1;
+      return create(ExecuteBackgroundResponseSchema, {
+        conversationId: "conv_1",
+        executionId: `exec_${runs}`,
+      });
+    },
+  };
+}
+
+describe("idempotent", () => {
+  it("runs once and replays the stored answer for the same fingerprint", async () => {
+    const c = counter();
+    const first = await idempotent({ db, log }, callOf("k-replay"), c.run);
+    const again = await idempotent({ db, log }, callOf("k-replay"), c.run);
+    expect(c.runs).toBe(1);
+    expect(first.idempotentReplay).toBe(false);
+    expect(again.idempotentReplay).toBe(true);
+    expect(again.executionId).toBe(first.executionId);
+  });
+
+  it("refuses another fingerprint or another method with the same key", async () => {
+    const c = counter();
+    await idempotent({ db, log }, callOf("k-conflict"), c.run);
+    await expect(idempotent({ db, log }, callOf("k-conflict", "f2"), c.run)).rejects.toThrow(REUSED_MESSAGE);
+    await expect(
+      idempotent({ db, log }, { ...callOf("k-conflict"), method: "execute" }, c.run),
+    ).rejects.toThrow(REUSED_MESSAGE);
+    expect(c.runs).toBe(1);
+  });
+
+  it("refuses a duplicate while the first is running", async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    let started: () => void = () => {};
+    const running = new Promise<void>((resolve) => {
+      started = resolve;
+    });
+    const c = counter();
+    const first = idempotent({ db, log }, callOf("k-busy"), async () => {
+      started();
+      await gate;
+      return c.run();
+    });
+    await running;
+    await expect(idempotent({ db, log }, callOf("k-busy"), c.run)).rejects.toThrow(IN_PROGRESS_MESSAGE);
+    release();
+    expect((await first).executionId).toBe("exec_1");
+    expect((await idempotent({ db, log }, callOf("k-busy"), c.run)).idempotentReplay).toBe(true);
+    expect(c.runs).toBe(1);
+  });
+
+  it("releases the key when the request fails, so a retry runs", async () => {
+    await expect(
+      idempotent({ db, log }, callOf("k-fail"), async () => {
+        throw new Error("backend down");
+      }),
+    ).rejects.toThrow("backend down");
+    const c = counter();
+    const retry = await idempotent({ db, log }, callOf("k-fail"), c.run);
+    expect(retry.idempotentReplay).toBe(false);
+    expect(c.runs).toBe(1);
+  });
+
+  it("keeps tenants apart", async () => {
+    const c = counter();
+    await idempotent({ db, log }, callOf("k-shared", "f1", "tenant-a"), c.run);
+    const other = await idempotent({ db, log }, callOf("k-shared", "other", "tenant-b"), c.run);
+    expect(other.idempotentReplay).toBe(false);
+    expect(c.runs).toBe(2);
+  });
+
+  it("ignores keys older than 24 hours, lets a dead holder's key be taken over, and sweeps", async () => {
+    const c = counter();
+    await idempotent({ db, log }, callOf("k-old"), c.run);
+    await raw.query(
+      "update executor.idempotency_keys set created_at = now() - interval '25 hours', expires_at = now() - interval '1 hour' where key = 'k-old'",
+    );
+    // Expired: even another request may use the key again.
+    const reused = await idempotent({ db, log }, callOf("k-old", "f-new"), c.run);
+    expect(reused.idempotentReplay).toBe(false);
+    expect(c.runs).toBe(2);
+
+    // A holder that never finished (its process died) blocks only until its lease runs out.
+    await raw.query(
+      "insert into executor.idempotency_keys (tenant_id, key, method, fingerprint, state, locked_until, expires_at) values ('t1', 'k-stale', 'execute_background', 'f1', 'running', now() - interval '1 second', now() + interval '1 hour')",
+    );
+    expect((await idempotent({ db, log }, callOf("k-stale"), c.run)).executionId).toBe("exec_3");
+
+    await raw.query(
+      "insert into executor.idempotency_keys (tenant_id, key, method, fingerprint, state, locked_until, expires_at) values ('t1', 'k-swept', 'execute_background', 'f1', 'done', now(), now() - interval '1 second')",
+    );
+    expect(await deleteExpiredIdempotencyKeys(db)).toBeGreaterThanOrEqual(1);
+    const left = await raw.query("select key from executor.idempotency_keys where key = 'k-swept'");
+    expect(left.rowCount).toBe(0);
+  });
+});
+
+describe("key format and canonical JSON", () => {
+  it("accepts 1-255 visible ASCII characters only", () => {
+    expect(validIdempotencyKey("a")).toBe("a");
+    expect(validIdempotencyKey("x".repeat(255))).toHaveLength(255);
+    for (const bad of ["", "x".repeat(256), "has space", "tab\t", "é"]) {
+      expect(() => validIdempotencyKey(bad)).toThrow("1 to 255 visible ASCII characters");
+    }
+  });
+
+  it("ignores key order at every depth", () => {
+    expect(canonicalJson({ b: 1, a: { d: [1, { y: 2, x: 1 }], c: null } })).toBe(
+      canonicalJson({ a: { c: null, d: [1, { x: 1, y: 2 }] }, b: 1 }),
+    );
+    expect(canonicalJson({ a: [1, 2] })).not.toBe(canonicalJson({ a: [2, 1] }));
+  });
+});
