@@ -1,3 +1,4 @@
+import { adminPortSetting } from "../services/platform/admin.js";
 import { type ConfigOf, commonSettings, env } from "../services/platform/config.js";
 
 /** The gateway's settings; it owns no database and talks to the services by RPC only. */
@@ -26,6 +27,7 @@ export const gatewaySettings = {
     default: 30_000,
     min: 1,
   }),
+  adminPort: adminPortSetting("gateway"),
   logLevel: commonSettings.logLevel,
 };
 

@@ -1,6 +1,7 @@
 import { type ChildProcess, fork } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
+import { freePort } from "../test/helpers/infra.js";
 
 const MAIN = fileURLToPath(new URL("./main.ts", import.meta.url));
 
@@ -40,6 +41,34 @@ describe("gateway process", () => {
     const res = await fetch(`http://127.0.0.1:${ready.port}/healthz`);
     expect(res.status).toBe(200);
     expect(await res.json()).toEqual({ status: "ok" });
+    child.kill("SIGTERM");
+    expect(await exit).toBe(0);
+  });
+
+  it("serves its admin port: alive, not ready while the auth service is unreachable, and metrics", async () => {
+    // Nothing listens on this port: the gateway cannot authorize anything.
+    const authPort = await freePort();
+    const child = startGateway({
+      GATEWAY_PORT: "0",
+      GATEWAY_HOST: "127.0.0.1",
+      AUTH_URL: `http://127.0.0.1:${authPort}`,
+    });
+    const exit = exited(child);
+    const ready = await new Promise<{ adminPort: number }>((resolve, reject) => {
+      child.once("message", (msg) => resolve(msg as { adminPort: number }));
+      child.once("exit", (code) => reject(new Error(`gateway exited with ${code} before it was ready`)));
+    });
+    expect(ready.adminPort).toBeGreaterThan(0);
+    const admin = `http://127.0.0.1:${ready.adminPort}`;
+    expect((await fetch(`${admin}/healthz`)).status).toBe(200);
+    const readyz = await fetch(`${admin}/readyz`);
+    expect(readyz.status).toBe(503);
+    const body = (await readyz.json()) as { status: string; checks: Record<string, string> };
+    expect(body.status).toBe("not ready");
+    expect(body.checks.auth).not.toBe("ok");
+    const metrics = await fetch(`${admin}/metrics`);
+    expect(metrics.status).toBe(200);
+    expect(await metrics.text()).toContain("nodejs_eventloop_lag_seconds");
     child.kill("SIGTERM");
     expect(await exit).toBe(0);
   });

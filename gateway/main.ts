@@ -1,8 +1,14 @@
+import { adminPortFor, probe, readinessReport, startAdminServer } from "../services/platform/admin.js";
 import { ConfigError, loadConfig } from "../services/platform/config.js";
+import { Health, ServingStatus } from "../services/platform/health.js";
 import { createLogger } from "../services/platform/log.js";
+import { createRpcClient } from "../services/platform/rpc.js";
 import { buildGateway } from "./app.js";
 import { createGatewayClients } from "./clients.js";
 import { type GatewayConfig, gatewaySettings } from "./config.js";
+import { instrumentGateway } from "./observability.js";
+
+const PROBE_TIMEOUT_MS = 2_000;
 
 /** Process entry of the REST gateway; stops gracefully on SIGTERM/SIGINT or when its parent exits. */
 async function main(): Promise<void> {
@@ -14,30 +20,50 @@ async function main(): Promise<void> {
     process.stderr.write(`gateway: ${err.message}\n`);
     process.exit(2);
   }
-  const log = createLogger("gateway", config.logLevel);
+  // The request logger already carries requestId; the context adds the tenant.
+  const log = createLogger("gateway", config.logLevel, { requestIdFromContext: false });
   const app = buildGateway({ config, log, clients: createGatewayClients(config) });
+  instrumentGateway(app);
   await app.listen({ port: config.port, host: config.host });
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : config.port;
-  log.info({ port }, "serving");
 
   let stopping = false;
+  const authHealth = createRpcClient(Health, config.authUrl, { timeoutMs: PROBE_TIMEOUT_MS });
+  const admin = await startAdminServer({
+    port: adminPortFor("gateway", config.adminPort, config.port, process.env),
+    log,
+    async readiness() {
+      if (stopping) return readinessReport({ process: "stopping" });
+      // Every request is authorized by the auth service: without it the gateway can answer nothing.
+      const auth = await probe(async () => {
+        const { status } = await authHealth.check({ service: "" });
+        if (status !== ServingStatus.SERVING) throw new Error(`auth service is ${ServingStatus[status]}`);
+      }, PROBE_TIMEOUT_MS);
+      return readinessReport({ auth });
+    },
+  });
+  log.info({ port, adminPort: admin.port }, "serving");
+
   const shutdown = (reason: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ reason }, "shutting down");
-    app.close().then(
-      () => process.exit(0),
-      (err: unknown) => {
-        log.error({ err }, "unclean shutdown");
-        process.exit(1);
-      },
-    );
+    app
+      .close()
+      .then(() => admin.close())
+      .then(
+        () => process.exit(0),
+        (err: unknown) => {
+          log.error({ err }, "unclean shutdown");
+          process.exit(1);
+        },
+      );
   };
   process.once("SIGTERM", () => shutdown("SIGTERM"));
   process.once("SIGINT", () => shutdown("SIGINT"));
   if (process.send) process.once("disconnect", () => shutdown("parent exited"));
-  process.send?.({ ready: true, port });
+  process.send?.({ ready: true, port, adminPort: admin.port });
 }
 
 main().catch((err: unknown) => {

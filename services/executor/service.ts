@@ -1,5 +1,6 @@
 import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
+import { adminPortSetting } from "../platform/admin.js";
 import { env } from "../platform/config.js";
 import { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { ensureStream, executionsStreamConfig } from "../platform/nats.js";
@@ -16,6 +17,7 @@ import { CompiledVersions } from "./versions.js";
 import { RunWorkers, runsStreamConfig } from "./worker.js";
 
 export const executorSettings = {
+  adminPort: adminPortSetting("executor"),
   port: env.int("EXECUTOR_PORT", "executor RPC port (gRPC, gRPC-Web and Connect on h2c)", {
     default: 50052,
     min: 0,

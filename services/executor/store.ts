@@ -1,6 +1,7 @@
 /** Queries on the `executor` schema. Every query is scoped by tenant_id. */
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
 import type { ColumnType, Insertable, Kysely, Selectable } from "kysely";
+import { executionsByStatus } from "../platform/metrics.js";
 
 /** jsonb: read as parsed JSON, written as a JSON string (pg would turn JS arrays into SQL arrays). */
 type Jsonb<T extends JsonValue = JsonValue> = ColumnType<T, string, string>;
@@ -231,8 +232,17 @@ export async function insertExecution(
 ): Promise<void> {
   if (!newConversation) {
     await db.insertInto("executions").values(execution).execute();
-    return;
+  } else {
+    await insertWithConversation(db, execution, newConversation);
   }
+  executionsByStatus.inc({ status: execution.status, trigger: execution.trigger });
+}
+
+async function insertWithConversation(
+  db: ExecutorDb,
+  execution: NewExecutionRow,
+  newConversation: { id: string; createdAt: Date },
+): Promise<void> {
   await db
     .with("new_conversation", (qb) =>
       qb.insertInto("conversations").values({
@@ -244,16 +254,6 @@ export async function insertExecution(
     )
     .insertInto("executions")
     .values(execution)
-    .execute();
-}
-
-export async function markPublished(db: ExecutorDb, tenantId: string, executionId: string): Promise<void> {
-  await db
-    .updateTable("executions")
-    .set({ published_at: new Date() })
-    .where("tenant_id", "=", tenantId)
-    .where("id", "=", executionId)
-    .where("published_at", "is", null)
     .execute();
 }
 
@@ -413,7 +413,7 @@ export async function finishExecution(
   executionId: string,
   result: ExecutionResult,
 ): Promise<ExecutionRow | undefined> {
-  return db
+  const row = await db
     .updateTable("executions")
     .set(result)
     .where("tenant_id", "=", tenantId)
@@ -421,6 +421,8 @@ export async function finishExecution(
     .where("status", "=", "running")
     .returningAll()
     .executeTakeFirst();
+  if (row) executionsByStatus.inc({ status: row.status, trigger: row.trigger });
+  return row;
 }
 
 /** Cancels a queued execution without running it; undefined when it is not queued. */
@@ -430,7 +432,7 @@ export async function cancelQueuedExecution(
   executionId: string,
   message: string,
 ): Promise<ExecutionRow | undefined> {
-  return db
+  const row = await db
     .updateTable("executions")
     .set({ status: "error", error: message, ended_at: new Date(), cancel_requested: true })
     .where("tenant_id", "=", tenantId)
@@ -438,6 +440,8 @@ export async function cancelQueuedExecution(
     .where("status", "=", "queued")
     .returningAll()
     .executeTakeFirst();
+  if (row) executionsByStatus.inc({ status: row.status, trigger: row.trigger });
+  return row;
 }
 
 /** Flags a running execution for cancellation; undefined when it is not running. */

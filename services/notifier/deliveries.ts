@@ -12,6 +12,7 @@ import {
 import { type Delivery, DeliverySchema } from "../platform/gen/flowplane/notifier/v1/notifier_pb.js";
 import { newId } from "../platform/ids.js";
 import type { Logger } from "../platform/log.js";
+import { notificationAttempts } from "../platform/metrics.js";
 import type { NatsNames } from "../platform/nats.js";
 import type { EmailSender } from "./channels/email.js";
 import type { AttemptOutcome } from "./channels/outcome.js";
@@ -245,6 +246,7 @@ export async function processDeliveryTask(deps: DeliveryDeps, task: DeliveryTask
   const started = Date.now();
   const outcome = await runChannel(deps, claimed, sub, nowMs);
   const latencyMs = Date.now() - started;
+  notificationAttempts.inc({ channel: claimed.channel, outcome: outcome.verdict });
   const attempt = claimed.attempt_count;
   const delay =
     outcome.verdict === "retry"

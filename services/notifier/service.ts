@@ -1,4 +1,5 @@
 import { fileURLToPath } from "node:url";
+import { adminPortSetting } from "../platform/admin.js";
 import { env } from "../platform/config.js";
 import type { DurableConsumer } from "../platform/consumer.js";
 import { AuthService } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
@@ -14,6 +15,7 @@ import { devEncryptionKey, parseEncryptionKey, SecretBox } from "./secrets.js";
 import type { Database } from "./store.js";
 
 const settings = {
+  adminPort: adminPortSetting("notifier"),
   port: env.int("NOTIFIER_PORT", "port of the notifier RPC server (gRPC, gRPC-Web and Connect over h2c)", {
     default: 50054,
     min: 0,

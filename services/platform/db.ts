@@ -15,6 +15,13 @@ export interface DatabaseOptions {
   maxConnections?: number;
 }
 
+const poolsOfDatabases = new WeakMap<object, pg.Pool>();
+
+/** The pg pool behind a database made by createDatabase (for pool metrics). */
+export function poolOf(db: object): pg.Pool | undefined {
+  return poolsOfDatabases.get(db);
+}
+
 export function createDatabase<DB>(opts: DatabaseOptions): Kysely<DB> {
   const pool = new pg.Pool({
     connectionString: opts.url,
@@ -28,7 +35,9 @@ export function createDatabase<DB>(opts: DatabaseOptions): Kysely<DB> {
   // Nor a checked-out one: pg emits 'error' on it as well as failing its query, and a checked-out
   // client has no listener of the pool's (a connection cut while a query runs crashed the process).
   pool.on("connect", (client) => client.on("error", () => {}));
-  return new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  poolsOfDatabases.set(db, pool);
+  return db;
 }
 
 /**

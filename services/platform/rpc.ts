@@ -1,8 +1,16 @@
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, type ConnectRouter, createClient, type Interceptor } from "@connectrpc/connect";
+import {
+  type Client,
+  Code,
+  ConnectError,
+  type ConnectRouter,
+  createClient,
+  type Interceptor,
+} from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
+import { rpcContextPropagation } from "./metrics.js";
 
 export interface RpcServer {
   readonly port: number;
@@ -45,6 +53,43 @@ export async function startRpcServer(opts: {
   };
 }
 
+/** True when the server refused the stream before processing it (RFC 9113 §8.7: safe to retry). */
+function isRefusedStream(err: unknown): boolean {
+  const cause = err instanceof ConnectError ? err.cause : err;
+  return (
+    cause instanceof Error &&
+    (cause as { code?: unknown }).code === "ERR_HTTP2_STREAM_ERROR" &&
+    cause.message.includes("NGHTTP2_REFUSED_STREAM")
+  );
+}
+
+/**
+ * A server going away (GOAWAY while draining) refuses streams it never started; connect-node reports
+ * those as Internal. They are retried once on a fresh connection, and if refused again reported as
+ * Unavailable, which is what they are.
+ */
+export function refusedStreamRetry(): Interceptor {
+  return (next) => async (req) => {
+    try {
+      return await next(req);
+    } catch (err) {
+      if (req.stream || !isRefusedStream(err)) throw err;
+      try {
+        return await next(req);
+      } catch (again) {
+        if (!isRefusedStream(again)) throw again;
+        throw new ConnectError(
+          "service unavailable (stream refused)",
+          Code.Unavailable,
+          undefined,
+          undefined,
+          again,
+        );
+      }
+    }
+  };
+}
+
 /** A typed gRPC client of another service; `baseUrl` like "http://127.0.0.1:50051". */
 export function createRpcClient<T extends DescService>(
   service: T,
@@ -54,7 +99,8 @@ export function createRpcClient<T extends DescService>(
   const transport = createGrpcTransport({
     baseUrl,
     defaultTimeoutMs: opts.timeoutMs ?? 10_000,
-    interceptors: opts.interceptors ?? [],
+    // The request being served (if any) is named to the callee, for its logs.
+    interceptors: [rpcContextPropagation(), refusedStreamRetry(), ...(opts.interceptors ?? [])],
   });
   return createClient(service, transport);
 }

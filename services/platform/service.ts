@@ -2,15 +2,31 @@ import type { DescService } from "@bufbuild/protobuf";
 import type { ConnectRouter } from "@connectrpc/connect";
 import type { Kysely } from "kysely";
 import type { JetStreamClient, JetStreamManager, NatsConnection } from "nats";
+import {
+  type AdminServer,
+  adminPortFor,
+  adminPortSetting,
+  probe,
+  type ReadinessProblems,
+  type ReadinessReport,
+  readinessReport,
+  startAdminServer,
+} from "./admin.js";
 import { ConfigError, type ConfigOf, type ConfigSpec, commonSettings, loadConfig } from "./config.js";
-import { createDatabase, migrateToLatest } from "./db.js";
+import { consumersOf } from "./consumer.js";
+import { createDatabase, migrateToLatest, pingDatabase, poolOf } from "./db.js";
 import { domainErrorInterceptor } from "./errors.js";
 import { Health, HealthState } from "./health.js";
 import { createLogger, type Logger } from "./log.js";
+import { rpcServerInterceptor, trackPool } from "./metrics.js";
 import { connectNats, type NatsNames, natsNames } from "./nats.js";
 import { type RpcServer, startRpcServer } from "./rpc.js";
 
 type CommonConfig = ConfigOf<typeof commonSettings>;
+
+const PROBE_TIMEOUT_MS = 2_000;
+const READINESS_INTERVAL_MS = 1_000;
+const STARTUP_READY_TIMEOUT_MS = 5_000;
 
 export interface ServiceContext<DB, C> {
   config: C & CommonConfig;
@@ -28,6 +44,11 @@ export interface ServiceParts {
   routes(router: ConnectRouter): void;
   /** Stops background work (consumers, timers); called after the RPC port stops accepting. */
   stop?(): Promise<void>;
+  /**
+   * Checks of its own beyond the database, NATS and the durable consumers it started (which every
+   * service gets): check name → why it is not ready, undefined when it is.
+   */
+  readiness?(): ReadinessProblems | Promise<ReadinessProblems>;
 }
 
 export interface ServiceDefinition<DB, S extends ConfigSpec> {
@@ -42,6 +63,10 @@ export interface ServiceDefinition<DB, S extends ConfigSpec> {
 
 export interface RunningService {
   readonly port: number;
+  /** The admin HTTP port: /healthz, /readyz, /metrics. */
+  readonly adminPort: number;
+  /** What /readyz answers now. */
+  readiness(): Promise<ReadinessReport>;
   readonly log: Logger;
   stop(): Promise<void>;
 }
@@ -55,9 +80,14 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
   def: ServiceDefinition<DB, S>,
   source: Record<string, string | undefined> = process.env,
 ): Promise<RunningService> {
-  const config = loadConfig({ ...commonSettings, ...def.settings }, source) as ConfigOf<S> & CommonConfig;
+  const config = loadConfig(
+    { ...commonSettings, adminPort: adminPortSetting(def.name), ...def.settings },
+    source,
+  ) as ConfigOf<S> & CommonConfig & { adminPort: number };
   const log = createLogger(def.name, config.logLevel);
   const db = createDatabase<DB>({ url: config.databaseUrl, schema: def.name });
+  const pool = poolOf(db);
+  const untrackPool = pool ? trackPool(def.name, pool) : () => {};
   const applied = await migrateToLatest(db as Kysely<unknown>, def.name, def.migrationsFolder);
   if (applied.length > 0) log.info({ migrations: applied }, "migrations applied");
   const nc = await connectNats(config.natsUrl, def.name);
@@ -80,21 +110,76 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
       router.service(Health, health.impl());
       parts.routes(router);
     },
-    interceptors: [domainErrorInterceptor(log)],
+    // Outermost first: metrics and the log context see the code the domain errors map to.
+    interceptors: [rpcServerInterceptor(), domainErrorInterceptor(log)],
   });
-  health.set(true);
-  log.info({ port: server.port }, "serving");
 
   let stopping: Promise<void> | undefined;
+  const readiness = async (): Promise<ReadinessReport> => {
+    if (stopping) return readinessReport({ process: "stopping" });
+    const [database, nats, own] = await Promise.all([
+      probe(() => pingDatabase(db as Kysely<unknown>), PROBE_TIMEOUT_MS),
+      nc.isClosed() ? "connection closed" : probe(() => nc.rtt(), PROBE_TIMEOUT_MS),
+      Promise.resolve(parts.readiness?.() ?? {}),
+    ]);
+    const problems: ReadinessProblems = { database, nats };
+    const loops = new Map<string, { total: number; idle: number }>();
+    for (const consumer of consumersOf(js)) {
+      const entry = loops.get(consumer.durable) ?? { total: 0, idle: 0 };
+      entry.total++;
+      if (!consumer.active) entry.idle++;
+      loops.set(consumer.durable, entry);
+    }
+    for (const [durable, { total, idle }] of loops) {
+      problems[`consumer ${durable}`] = idle === 0 ? undefined : `${idle} of ${total} loop(s) not consuming`;
+    }
+    return readinessReport({ ...problems, ...own });
+  };
+  // The gRPC health status follows readiness, so grpc_health_probe and load balancers agree with /readyz.
+  let evaluating = false;
+  const refreshHealth = async () => {
+    if (evaluating || stopping) return;
+    evaluating = true;
+    try {
+      const report = await readiness();
+      if (!stopping && report.ready !== health.serving) {
+        health.set(report.ready);
+        if (report.ready) log.info("ready");
+        else log.warn({ checks: report.checks }, "not ready");
+      }
+    } finally {
+      evaluating = false;
+    }
+  };
+  // Consumers subscribe asynchronously: give them a moment before the first verdict.
+  const startupDeadline = Date.now() + STARTUP_READY_TIMEOUT_MS;
+  while (!health.serving && Date.now() < startupDeadline) {
+    await refreshHealth();
+    if (!health.serving) await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  const healthTimer = setInterval(() => void refreshHealth(), READINESS_INTERVAL_MS);
+  healthTimer.unref();
+  const admin: AdminServer = await startAdminServer({
+    port: adminPortFor(def.name, config.adminPort, config.port as number, source),
+    log,
+    readiness,
+  });
+  log.info({ port: server.port, adminPort: admin.port, ready: health.serving }, "serving");
+
   return {
     port: server.port,
+    adminPort: admin.port,
     log,
+    readiness,
     stop() {
       stopping ??= (async () => {
+        clearInterval(healthTimer);
         health.set(false);
         await server.close(config.shutdownTimeoutMs);
         await parts.stop?.();
+        await admin.close();
         await nc.drain().catch(() => nc.close());
+        untrackPool();
         await db.destroy();
         log.info("stopped");
       })();
@@ -153,6 +238,6 @@ export function runMain<DB, S extends ConfigSpec & { port: ConfigSpec[string] }>
     process.once("SIGTERM", () => shutdown("SIGTERM"));
     process.once("SIGINT", () => shutdown("SIGINT"));
     if (process.send) process.once("disconnect", () => shutdown("parent exited"));
-    process.send?.({ ready: true, port: running.port });
+    process.send?.({ ready: true, port: running.port, adminPort: running.adminPort });
   }, fail);
 }
