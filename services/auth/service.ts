@@ -1,6 +1,8 @@
 import { fileURLToPath } from "node:url";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { JsMsg } from "nats";
+import { adminPortSetting } from "../platform/admin.js";
 import { env } from "../platform/config.js";
 import { decodeEvent, startDurableConsumer, UnusableMessageError } from "../platform/consumer.js";
 import { AuthService, TenantService } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
@@ -12,12 +14,31 @@ import { authServiceHandlers, tenantServiceHandlers } from "./handlers.js";
 import { KEY_ENVS } from "./keys.js";
 import { RateLimits } from "./limits.js";
 import { planSettings, planTable } from "./plans.js";
-import type { Database } from "./store.js";
+import { type Database, type ExecutionCost, recordExecutionCosts } from "./store.js";
 import { sweepTokens } from "./sweeper.js";
 import { type SecretsStopped, Tokens } from "./tokens.js";
-import { recordExecutionCost } from "./usage.js";
+import { billingPeriodOf } from "./usage.js";
+
+/** The cost a completion adds to its tenant's usage; UnusableMessageError when it cannot count. */
+function executionCostOf(m: JsMsg): ExecutionCost {
+  const event = decodeEvent(ExecutionCompletedSchema, m);
+  if (event.executionId === "" || event.tenantId === "") {
+    throw new UnusableMessageError("completion without execution or tenant id");
+  }
+  const cost = event.cost?.total ?? 0;
+  if (!Number.isFinite(cost) || cost < 0) throw new UnusableMessageError(`invalid cost ${cost}`);
+  const endedAt = event.endedAt ?? event.startedAt;
+  return {
+    executionId: event.executionId,
+    tenantId: event.tenantId,
+    costUsd: cost,
+    // It counts in the period it ended in.
+    periodStart: billingPeriodOf(endedAt ? timestampDate(endedAt) : new Date()).start,
+  };
+}
 
 export const authSettings = {
+  adminPort: adminPortSetting("auth"),
   port: env.int("AUTH_PORT", "port of the auth RPC server (gRPC, gRPC-Web and Connect on h2c)", {
     default: 50051,
     min: 0,
@@ -89,20 +110,12 @@ export const authService: ServiceDefinition<Database, typeof authSettings> = {
       stream: executionsStreamConfig(names),
       durable: "auth-usage",
       consumerConfig: { filter_subject: names.executionCompletedAll },
+      // One statement per message, or per batch of the completions waiting together.
       async handle(m) {
-        const event = decodeEvent(ExecutionCompletedSchema, m);
-        if (event.executionId === "" || event.tenantId === "") {
-          throw new UnusableMessageError("completion without execution or tenant id");
-        }
-        const cost = event.cost?.total ?? 0;
-        if (!Number.isFinite(cost) || cost < 0) throw new UnusableMessageError(`invalid cost ${cost}`);
-        const endedAt = event.endedAt ?? event.startedAt;
-        await recordExecutionCost(ctx.db, {
-          executionId: event.executionId,
-          tenantId: event.tenantId,
-          costUsd: cost,
-          endedAt: endedAt ? timestampDate(endedAt) : new Date(),
-        });
+        await recordExecutionCosts(ctx.db, [executionCostOf(m)]);
+      },
+      async handleBatch(messages) {
+        await recordExecutionCosts(ctx.db, messages.map(executionCostOf));
       },
     });
 

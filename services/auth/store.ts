@@ -1,4 +1,4 @@
-import type { Generated, Insertable, Kysely, Selectable } from "kysely";
+import { type Generated, type Insertable, type Kysely, type Selectable, sql } from "kysely";
 
 export type PlanName = "free" | "pro" | "team" | "enterprise";
 export type TokenKindName = "admin" | "app";
@@ -149,4 +149,48 @@ export async function markTokenUsed(db: Kysely<Database>, tokenId: string, at: D
     .where("id", "=", tokenId)
     .where((eb) => eb.or([eb("last_used_at", "is", null), eb("last_used_at", "<", at)]))
     .execute();
+}
+
+/** One completion's cost, counted in the billing period starting at `periodStart`. */
+export interface ExecutionCost {
+  executionId: string;
+  tenantId: string;
+  periodStart: Date;
+  costUsd: number;
+}
+
+/**
+ * Adds the costs of executions not counted before to their periods, in ONE statement (atomic
+ * without a transaction, one round trip for a whole batch of completions): the markers inserted
+ * now are exactly the executions summed now, so a redelivered completion adds nothing. Returns how
+ * many were counted.
+ */
+export async function recordExecutionCosts(db: Kysely<Database>, costs: ExecutionCost[]): Promise<number> {
+  if (costs.length === 0) return 0;
+  const { rows } = await sql<{ counted: number }>`
+    with input as (
+      select distinct on (execution_id) execution_id, tenant_id, period_start, cost
+      from unnest(
+        ${costs.map((c) => c.executionId)}::text[],
+        ${costs.map((c) => c.tenantId)}::text[],
+        ${costs.map((c) => c.periodStart.toISOString())}::timestamptz[],
+        ${costs.map((c) => String(c.costUsd))}::numeric[]
+      ) as i(execution_id, tenant_id, period_start, cost)
+      order by execution_id
+    ), counted as (
+      insert into usage_executions (execution_id, tenant_id, period_start, cost)
+      select execution_id, tenant_id, period_start, cost from input
+      on conflict (execution_id) do nothing
+      returning tenant_id, period_start, cost
+    ), summed as (
+      insert into usage_periods as p (tenant_id, period_start, cost, executions)
+      select tenant_id, period_start, sum(cost), count(*) from counted group by tenant_id, period_start
+      order by tenant_id, period_start
+      on conflict (tenant_id, period_start) do update set
+        cost = p.cost + excluded.cost,
+        executions = p.executions + excluded.executions
+      returning executions
+    )
+    select (select count(*) from counted)::int as counted`.execute(db);
+  return rows[0]?.counted ?? 0;
 }

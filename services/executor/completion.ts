@@ -4,6 +4,7 @@
  */
 import { create, fromJson, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { sql } from "kysely";
 import type { JetStreamClient } from "nats";
 import {
   type ExecutionCompleted,
@@ -14,13 +15,7 @@ import {
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
 import { costFromJson, statusFromText, traceSpansFromJson, triggerFromText } from "./records.js";
-import {
-  type ExecutionRow,
-  type ExecutorDb,
-  findUnpublishedExecutions,
-  findVersionState,
-  markPublished,
-} from "./store.js";
+import { type ExecutionRow, type ExecutorDb, findUnpublishedExecutions, findVersionState } from "./store.js";
 
 /** What the completion carries about the workflow besides the execution row. */
 export interface CompletedWorkflow {
@@ -86,13 +81,67 @@ export async function publishStoredExecution(
     deps.log.warn({ err, executionId: row.id }, "completion publish failed; the outbox will retry");
     return false;
   }
-  try {
-    await markPublished(deps.db, row.tenant_id, row.id);
-  } catch (err) {
-    // Republishing later is harmless: JetStream drops the duplicate by its msgID.
-    deps.log.warn({ err, executionId: row.id }, "could not record the completion publish");
-  }
+  markPublishedSoon(deps, row.id);
   return true;
+}
+
+/*
+ * Recording the acks is deferred and batched: one UPDATE for every completion acknowledged within
+ * MARK_DELAY_MS instead of one per execution. The ack already made the completion durable; a mark
+ * that is lost (the process dies first) or fails only lets the outbox republish it, which JetStream
+ * drops by its msgID and the consumers ignore by execution id. The outbox only looks at rows older
+ * than OUTBOX_MIN_AGE_MS, far longer than a mark waits.
+ */
+const MARK_DELAY_MS = 50;
+const MARK_BATCH = 500;
+
+interface PendingMarks {
+  ids: string[];
+  timer: NodeJS.Timeout | undefined;
+  writing: Promise<void>;
+}
+
+const pendingMarks = new WeakMap<ExecutorDb, PendingMarks>();
+
+function markPublishedSoon(deps: { db: ExecutorDb; log: Logger }, executionId: string): void {
+  let marks = pendingMarks.get(deps.db);
+  if (!marks) {
+    marks = { ids: [], timer: undefined, writing: Promise.resolve() };
+    pendingMarks.set(deps.db, marks);
+  }
+  marks.ids.push(executionId);
+  if (marks.ids.length >= MARK_BATCH) void writeMarks(deps, marks);
+  else if (!marks.timer) {
+    marks.timer = setTimeout(() => void writeMarks(deps, marks), MARK_DELAY_MS);
+    marks.timer.unref();
+  }
+}
+
+function writeMarks(deps: { db: ExecutorDb; log: Logger }, marks: PendingMarks): Promise<void> {
+  clearTimeout(marks.timer);
+  marks.timer = undefined;
+  const ids = marks.ids.splice(0);
+  if (ids.length === 0) return marks.writing;
+  const write = async () => {
+    try {
+      // Asynchronous commit: a mark lost to a database crash is only a harmless republish too.
+      await sql`
+        update executions set published_at = now()
+        from (select set_config('synchronous_commit', 'off', true)) as async_commit
+        where id = any(${ids}::text[]) and published_at is null`.execute(deps.db);
+    } catch (err) {
+      // The outbox republishes them: harmless, as said above.
+      deps.log.warn({ err, executions: ids.length }, "could not record completion publishes");
+    }
+  };
+  marks.writing = marks.writing.then(write);
+  return marks.writing;
+}
+
+/** Writes the publish marks still waiting (the outbox before it looks again, and on shutdown). */
+export function flushPublishedMarks(deps: { db: ExecutorDb; log: Logger }): Promise<void> {
+  const marks = pendingMarks.get(deps.db);
+  return marks ? writeMarks(deps, marks) : Promise.resolve();
 }
 
 async function versionState(db: ExecutorDb, row: ExecutionRow): Promise<WorkflowState | undefined> {
@@ -156,6 +205,8 @@ export class OutboxSweeper {
         if (!(await publishStoredExecution(this.deps, row, workflow))) return published;
         published++;
       }
+      // Else the next query would find the rows just published again.
+      await flushPublishedMarks(this.deps);
       if (rows.length < OUTBOX_BATCH) return published;
     }
   }
@@ -164,5 +215,6 @@ export class OutboxSweeper {
     this.stopped = true;
     clearTimeout(this.timer);
     await this.sweeping;
+    await flushPublishedMarks(this.deps);
   }
 }

@@ -23,6 +23,7 @@ import { redactWorkflowState } from "./redact.js";
 import {
   type Database,
   insertExecutionLog,
+  insertExecutionLogs,
   type NewExecutionLog,
   type NewSnapshot,
   storedTrigger,
@@ -116,6 +117,15 @@ export function startIngest(deps: IngestDeps): Promise<DurableConsumer> {
     async handle(m) {
       const event = decodeEvent(ExecutionCompletedSchema, m);
       await insertExecutionLog(deps.db, executionLogFromEvent(event), snapshotFromEvent(event));
+    },
+    // Completions waiting together commit in one transaction; an unusable one fails the batch, which
+    // then goes through `handle` one by one.
+    async handleBatch(messages) {
+      const entries = messages.map((m) => {
+        const event = decodeEvent(ExecutionCompletedSchema, m);
+        return { row: executionLogFromEvent(event), snapshot: snapshotFromEvent(event) };
+      });
+      await insertExecutionLogs(deps.db, entries);
     },
   });
 }

@@ -120,6 +120,44 @@ export async function insertExecutionLog(
   });
 }
 
+/**
+ * insertExecutionLog for several completions in one transaction (the consumer's batches): every
+ * tenant of the batch is locked first, in a fixed order so concurrent batches cannot deadlock, then
+ * the rows draw their seqs in one statement. Returns how many logs were new.
+ */
+export async function insertExecutionLogs(
+  db: Kysely<Database>,
+  entries: { row: NewExecutionLog; snapshot: NewSnapshot | undefined }[],
+): Promise<number> {
+  const rows = [...new Map(entries.map((e) => [e.row.execution_id, e.row])).values()];
+  if (rows.length === 0) return 0;
+  const snapshots = new Map<string, NewSnapshot>();
+  for (const { snapshot } of entries) {
+    if (snapshot)
+      snapshots.set(JSON.stringify([snapshot.tenant_id, snapshot.workflow_id, snapshot.version]), snapshot);
+  }
+  const tenants = [...new Set(rows.map((r) => r.tenant_id))].sort();
+  return db.transaction().execute(async (tx) => {
+    await sql`select pg_advisory_xact_lock(hashtext('flowplane.logs'), hashtext(t)) from unnest(${tenants}::text[]) with ordinality as l(t, n) order by n`.execute(
+      tx,
+    );
+    const inserted = await tx
+      .insertInto("execution_logs")
+      .values(rows)
+      .onConflict((oc) => oc.column("execution_id").doNothing())
+      .returning("id")
+      .execute();
+    if (snapshots.size > 0) {
+      await tx
+        .insertInto("workflow_snapshots")
+        .values([...snapshots.values()])
+        .onConflict((oc) => oc.columns(["tenant_id", "workflow_id", "version"]).doNothing())
+        .execute();
+    }
+    return inserted.length;
+  });
+}
+
 /** Filters of QueryLogs, already validated; all ANDed. */
 export interface LogFilters {
   workflowIds: string[];
@@ -306,27 +344,4 @@ export async function selectExecution(db: Kysely<Database>, tenantId: string, ex
     .where("l.tenant_id", "=", tenantId)
     .where("l.execution_id", "=", executionId)
     .executeTakeFirst();
-}
-
-/**
- * Deletes up to `batch` logs that started before `cutoff`; returns how many. The transaction lock
- * lets only one replica delete at a time (the others skip: -1).
- */
-export async function deleteExpiredBatch(db: Kysely<Database>, cutoff: Date, batch: number): Promise<number> {
-  return db.transaction().execute(async (tx) => {
-    const locked = await sql<{ locked: boolean }>`
-      select pg_try_advisory_xact_lock(hashtext('flowplane.logs'), hashtext('retention')) as locked`.execute(
-      tx,
-    );
-    if (!locked.rows[0]?.locked) return -1;
-    const result = await tx
-      .deleteFrom("execution_logs")
-      .where(
-        "id",
-        "in",
-        tx.selectFrom("execution_logs").select("id").where("started_at", "<", cutoff).limit(batch),
-      )
-      .executeTakeFirst();
-    return Number(result.numDeletedRows);
-  });
 }

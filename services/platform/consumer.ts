@@ -1,6 +1,7 @@
 import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/protobuf";
 import type { ConsumerConfig, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "nats";
 import type { Logger } from "./log.js";
+import { consumerMessages } from "./metrics.js";
 import { ensureDurableConsumer, ensureStream } from "./nats.js";
 
 /** Thrown by a handler for a message that can never be processed: it is terminated, not redelivered. */
@@ -42,20 +43,40 @@ export interface DurableConsumerOptions {
    * UnusableMessageError (or a permanent data error) terminates it; any other error redelivers it.
    */
   handle(m: JsMsg): Promise<void>;
+  /**
+   * Optional: processes several messages at once (e.g. in one transaction); returning acks them all.
+   * Any error falls back to `handle` one message at a time, so a bad message is isolated and gets
+   * exactly the outcome it would get alone. Batches form only from messages already delivered while
+   * the previous batch was being processed: a lone message is never held back waiting for company.
+   */
+  handleBatch?(messages: JsMsg[]): Promise<void>;
+  /** Largest batch given to handleBatch (default 64). */
+  maxBatch?: number;
   redeliveryDelayMs?: number;
   maxMessages?: number;
 }
 
 export interface DurableConsumer {
+  readonly durable: string;
+  /** True while its loop holds a live subscription (false before it starts and while it restarts). */
+  readonly active: boolean;
   /** Ends the loop after the message in flight; buffered, unprocessed messages go back to the stream. */
   stop(): Promise<void>;
 }
 
 const RESTART_DELAY_MS = 1000;
 
+const consumersByClient = new WeakMap<JetStreamClient, Set<DurableConsumer>>();
+
+/** The consumers started on a JetStream client and not stopped yet (for readiness). */
+export function consumersOf(js: JetStreamClient): DurableConsumer[] {
+  return [...(consumersByClient.get(js) ?? [])];
+}
+
 /**
- * A durable pull consumer processing one message at a time with explicit acks. If the subscription
- * fails (NATS restart, consumer deleted) it is re-created after a pause.
+ * A durable pull consumer with explicit acks, processing one message at a time, or the messages
+ * waiting at once through `handleBatch` when given. If the subscription fails (NATS restart,
+ * consumer deleted) it is re-created after a pause.
  */
 export async function startDurableConsumer(opts: DurableConsumerOptions): Promise<DurableConsumer> {
   const { js, jsm, log, durable } = opts;
@@ -67,25 +88,96 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
     try {
       await opts.handle(m);
       m.ack();
+      consumerMessages.inc({ consumer: durable, outcome: "acked" });
     } catch (err) {
       if (err instanceof RetryLaterError) {
         m.nak(Math.max(0, Math.round(err.delayMs)));
+        consumerMessages.inc({ consumer: durable, outcome: "redelivered" });
         return;
       }
       if (err instanceof UnusableMessageError || isPermanentDataError(err)) {
         log.error({ err, consumer: durable, subject: m.subject, seq: m.seq }, "unusable message; terminated");
         m.term();
+        consumerMessages.inc({ consumer: durable, outcome: "terminated" });
       } else {
         log.warn(
           { err, consumer: durable, subject: m.subject, seq: m.seq },
           "processing failed; redelivering",
         );
         m.nak(opts.redeliveryDelayMs ?? 1000);
+        consumerMessages.inc({ consumer: durable, outcome: "redelivered" });
       }
     }
   };
 
+  const maxBatch = Math.max(1, opts.maxBatch ?? 64);
+  const processBatch = async (batch: JsMsg[], handleBatch: (messages: JsMsg[]) => Promise<void>) => {
+    if (batch.length === 1) return processMessage(batch[0]!);
+    try {
+      await handleBatch(batch);
+    } catch (err) {
+      log.warn({ err, consumer: durable, size: batch.length }, "batch failed; processing one by one");
+      for (const m of batch) await processMessage(m);
+      return;
+    }
+    for (const m of batch) m.ack();
+    consumerMessages.inc({ consumer: durable, outcome: "acked" }, batch.length);
+  };
+
+  /**
+   * A reader moves delivered messages into `pending` while the processor works through them in
+   * batches: whatever arrived during one batch's processing makes the next batch.
+   */
+  const consumeInBatches = async (
+    iterator: ConsumerMessages,
+    handleBatch: (messages: JsMsg[]) => Promise<void>,
+  ) => {
+    const pending: JsMsg[] = [];
+    let ended = false;
+    let failure: unknown;
+    let arrived: (() => void) | undefined;
+    let drained: (() => void) | undefined;
+    const reader = (async () => {
+      try {
+        for await (const m of iterator) {
+          pending.push(m);
+          arrived?.();
+          // Bounded: the consumer's pulls are not refilled while the processor is behind.
+          if (pending.length >= maxBatch && !stopping) {
+            await new Promise<void>((resolve) => {
+              drained = resolve;
+            });
+          }
+        }
+      } catch (err) {
+        failure = err;
+      } finally {
+        ended = true;
+        arrived?.();
+      }
+    })();
+    while (!stopping) {
+      if (pending.length === 0) {
+        if (ended) break;
+        await new Promise<void>((resolve) => (arrived = resolve));
+        arrived = undefined;
+        continue;
+      }
+      const batch = pending.splice(0, maxBatch);
+      drained?.();
+      drained = undefined;
+      await processBatch(batch, handleBatch);
+    }
+    // Messages already buffered when stop() came go straight back for another replica.
+    for (const m of pending.splice(0)) m.nak();
+    drained?.();
+    await reader;
+    for (const m of pending.splice(0)) m.nak();
+    if (failure !== undefined && !stopping) throw failure;
+  };
+
   let stopping = false;
+  let active = false;
   let messages: ConsumerMessages | undefined;
   let wake: () => void = () => {};
   const run = async () => {
@@ -94,14 +186,19 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
         const consumer = await js.consumers.get(stream, durable);
         messages = await consumer.consume({ max_messages: opts.maxMessages ?? 64 });
         if (stopping) messages.stop();
-        for await (const m of messages) {
-          // Messages already buffered when stop() came go straight back for another replica.
-          if (stopping) m.nak();
-          else await processMessage(m);
+        active = true;
+        if (opts.handleBatch) await consumeInBatches(messages, opts.handleBatch);
+        else {
+          for await (const m of messages) {
+            // Messages already buffered when stop() came go straight back for another replica.
+            if (stopping) m.nak();
+            else await processMessage(m);
+          }
         }
       } catch (err) {
         if (!stopping) log.error({ err, consumer: durable }, "consumer failed; restarting");
       }
+      active = false;
       if (!stopping) {
         await new Promise<void>((resolve) => {
           wake = resolve;
@@ -112,12 +209,21 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
   };
   const loop = run();
 
-  return {
+  const handle: DurableConsumer = {
+    durable,
+    get active() {
+      return active && !stopping;
+    },
     async stop() {
       stopping = true;
+      consumersByClient.get(js)?.delete(handle);
       messages?.stop();
       wake();
       await loop;
     },
   };
+  const started = consumersByClient.get(js) ?? new Set<DurableConsumer>();
+  started.add(handle);
+  consumersByClient.set(js, started);
+  return handle;
 }
