@@ -24,13 +24,11 @@ import {
   WorkflowStateSchema,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { LogsService, Order, type QueryLogsRequest } from "../platform/gen/flowplane/logs/v1/logs_pb.js";
-import { createLogger } from "../platform/log.js";
 import { type NatsNames, natsNames } from "../platform/nats.js";
 import { createRpcClient } from "../platform/rpc.js";
 import { type RunningService, startService } from "../platform/service.js";
 import { CursorCodec } from "./cursor.js";
 import { executionLogFromEvent, LOGS_CONSUMER, snapshotFromEvent } from "./ingest.js";
-import { RetentionJob } from "./retention.js";
 import { DEV_CURSOR_SECRET, logsService } from "./service.js";
 import { type Database, insertExecutionLog, lateRowsQuery, logPageQuery, noFilters } from "./store.js";
 import { loadSyntheticLogs } from "./synthetic-logs.js";
@@ -596,31 +594,6 @@ describe("GetExecution", () => {
       Code.InvalidArgument,
       "execution_id is required",
     );
-  });
-});
-
-describe("retention", () => {
-  it("deletes logs older than the retention in batches and keeps recent ones", async () => {
-    const tenantId = uniqueId("ten");
-    const now = Date.now();
-    const day = 24 * 60 * 60 * 1000;
-    const old = Array.from({ length: 5 }, (_, i) =>
-      completion({ tenantId, startedAtMs: now - 40 * day - i }),
-    );
-    const recent = Array.from({ length: 3 }, (_, i) =>
-      completion({ tenantId, startedAtMs: now - 10 * day - i }),
-    );
-    await publishAll([...old, ...recent]);
-    const job = new RetentionJob(store, createLogger("logs-test", "silent"), {
-      retentionDays: 30,
-      intervalMs: 60_000,
-      batchSize: 2,
-      pauseMs: 0,
-    });
-    // Other tests' logs start in 2025 and are old too; count only this tenant's.
-    await job.runOnce(new Date(now));
-    expect((await ids({ tenantId })).sort()).toEqual(recent.map((e) => e.executionId).sort());
-    await job.stop();
   });
 });
 
