@@ -9,6 +9,7 @@ import { mkdir, readFile, unlink, writeFile } from "node:fs/promises";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { DEFAULT_ADMIN_PORTS } from "../../services/platform/admin.js";
 import { type LocalServer, startEmbeddedPostgres, startNatsServer } from "./embedded.js";
 import { commandLine, indent, isAlive, OutputTail } from "./processes.js";
 
@@ -31,6 +32,14 @@ const PORT_VARIABLES: Record<ProcessName, string> = {
   logs: "LOGS_PORT",
   notifier: "NOTIFIER_PORT",
   gateway: "GATEWAY_PORT",
+};
+
+const ADMIN_PORT_VARIABLES: Record<ProcessName, string> = {
+  auth: "AUTH_ADMIN_PORT",
+  executor: "EXECUTOR_ADMIN_PORT",
+  logs: "LOGS_ADMIN_PORT",
+  notifier: "NOTIFIER_ADMIN_PORT",
+  gateway: "GATEWAY_ADMIN_PORT",
 };
 
 export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -59,6 +68,12 @@ export interface StackOptions {
   dataDir?: string;
   /** Ports of the processes; 0 lets the process pick one. Defaults: 50051..50054 and 8080. */
   ports?: Partial<Record<ProcessName, number>>;
+  /**
+   * Admin ports (/healthz, /readyz, /metrics); 0 lets the process pick one. Defaults: <NAME>_ADMIN_PORT,
+   * else 9450 (gateway) and 9451..9454 for a process on its default API port, else 0 (so side-by-side
+   * stacks on other ports never collide).
+   */
+  adminPorts?: Partial<Record<ProcessName, number>>;
   /** When set, each child's stdout and stderr go to `<logDir>/<name>.log` instead of the terminal. */
   logDir?: string;
   /** Extra environment for every child. */
@@ -76,6 +91,8 @@ export interface StackOptions {
 export interface Stack {
   gatewayUrl: string;
   serviceUrls: Record<ServiceName, string>;
+  /** Base URLs of each process's admin port (`${url}/readyz`, `${url}/metrics`). */
+  adminUrls: Record<ProcessName, string>;
   databaseUrl: string;
   natsUrl: string;
   namespace: string;
@@ -101,6 +118,7 @@ interface ChildState {
   /** Set by stopProcess/stop so the exit is not reported as a crash. */
   stopping: boolean;
   port?: number;
+  adminPort?: number;
 }
 
 const nonEmpty = (value: string | undefined) => (value?.trim() ? value.trim() : undefined);
@@ -135,6 +153,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
   const stopTimeoutMs = options.stopTimeoutMs ?? 15_000;
   const ports = { ...DEFAULT_PORTS, ...options.ports };
+  const adminPortOf = (name: ProcessName): number => {
+    const fromEnv = Number.parseInt(process.env[ADMIN_PORT_VARIABLES[name]] ?? "", 10);
+    if (options.adminPorts?.[name] !== undefined) return options.adminPorts[name];
+    if (Number.isSafeInteger(fromEnv) && fromEnv >= 0 && fromEnv <= 65535) return fromEnv;
+    return ports[name] === DEFAULT_PORTS[name] ? (DEFAULT_ADMIN_PORTS[name] ?? 0) : 0;
+  };
+  const adminPorts = Object.fromEntries(PROCESS_NAMES.map((name) => [name, adminPortOf(name)])) as Record<
+    ProcessName,
+    number
+  >;
   await mkdir(dataDir, { recursive: true });
   if (options.logDir) await mkdir(options.logDir, { recursive: true });
 
@@ -202,13 +230,25 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       }, readyTimeoutMs);
       child.on("message", (message: unknown) => {
         if (ready || typeof message !== "object" || message === null) return;
-        const { ready: isReady, port } = message as { ready?: unknown; port?: unknown };
+        const {
+          ready: isReady,
+          port,
+          adminPort,
+        } = message as {
+          ready?: unknown;
+          port?: unknown;
+          adminPort?: unknown;
+        };
         if (isReady !== true || typeof port !== "number") return;
         ready = true;
         clearTimeout(timer);
         // A restart must come back on the same port: the gateway already points there.
         state.port = port;
         state.env[PORT_VARIABLES[state.name]] = String(port);
+        if (typeof adminPort === "number") {
+          state.adminPort = adminPort;
+          state.env[ADMIN_PORT_VARIABLES[state.name]] = String(adminPort);
+        }
         resolve();
       });
       state.closed?.then(() => {
@@ -296,17 +336,25 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     return state;
   };
   const urlOf = (name: ProcessName) => `http://127.0.0.1:${children.get(name)?.port}`;
+  const adminUrlOf = (name: ProcessName) => `http://127.0.0.1:${children.get(name)?.adminPort}`;
 
+  const serviceEnv = (name: ProcessName, extra: Record<string, string> = {}) => ({
+    ...commonEnv,
+    [PORT_VARIABLES[name]]: String(ports[name]),
+    [ADMIN_PORT_VARIABLES[name]]: String(adminPorts[name]),
+    ...extra,
+  });
   try {
+    // Auth first: logs (plans for retention) and the notifier (limits in payloads) need its real
+    // address, which is only known once it reports ready when its port is 0.
+    await spawnChild(newState("auth", serviceEnv("auth")));
     const started = await Promise.allSettled(
-      SERVICE_NAMES.map((name) =>
+      SERVICE_NAMES.filter((name) => name !== "auth").map((name) =>
         spawnChild(
-          newState(name, {
-            ...commonEnv,
-            [PORT_VARIABLES[name]]: String(ports[name]),
-            // The notifier reads rate limits and usage for notification payloads.
-            ...(name === "notifier" && ports.auth ? { AUTH_URL: `http://127.0.0.1:${ports.auth}` } : {}),
-          }),
+          newState(
+            name,
+            serviceEnv(name, name === "notifier" || name === "logs" ? { AUTH_URL: urlOf("auth") } : {}),
+          ),
         ),
       ),
     );
@@ -318,6 +366,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       newState("gateway", {
         ...commonEnv,
         GATEWAY_PORT: String(ports.gateway),
+        GATEWAY_ADMIN_PORT: String(adminPorts.gateway),
         AUTH_URL: urlOf("auth"),
         EXECUTOR_URL: urlOf("executor"),
         LOGS_URL: urlOf("logs"),
@@ -345,6 +394,13 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       executor: urlOf("executor"),
       logs: urlOf("logs"),
       notifier: urlOf("notifier"),
+    },
+    adminUrls: {
+      auth: adminUrlOf("auth"),
+      executor: adminUrlOf("executor"),
+      logs: adminUrlOf("logs"),
+      notifier: adminUrlOf("notifier"),
+      gateway: adminUrlOf("gateway"),
     },
     databaseUrl,
     natsUrl,
