@@ -692,6 +692,24 @@ function printUsage(usage: string): number {
   return 0;
 }
 
+/** `flowplane <group> <sub> …`: runs the named subcommand, or explains what the group offers. */
+function runSubcommand(
+  group: string,
+  rest: string[],
+  commands: Record<string, (args: string[]) => Promise<number> | number>,
+  usage: string,
+): Promise<number> | number {
+  const [sub, ...args] = rest;
+  // Own keys only: "constructor" or "__proto__" must not resolve to Object's members.
+  const command = sub !== undefined && Object.hasOwn(commands, sub) ? commands[sub] : undefined;
+  if (command) return command(args);
+  if (sub === "--help" || sub === "-h") return printUsage(usage);
+  throw new UsageError(
+    sub ? `unknown ${group} command ${JSON.stringify(sub)}` : `missing ${group} command`,
+    usage,
+  );
+}
+
 async function run(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
   switch (command) {
@@ -707,33 +725,12 @@ async function run(argv: string[]): Promise<number> {
       return migrate(rest);
     case "run":
       return runWorkflow(rest);
-    case "workflow": {
-      const [sub, ...args] = rest;
-      if (sub === "push") return workflowPush(args);
-      if (sub === "--help" || sub === "-h") return printUsage(WORKFLOW_PUSH_USAGE);
-      throw new UsageError(
-        sub ? `unknown workflow command ${JSON.stringify(sub)}` : "missing workflow command",
-        WORKFLOW_PUSH_USAGE,
-      );
-    }
-    case "tenant": {
-      const [sub, ...args] = rest;
-      if (sub === "create") return tenantCreate(args);
-      if (sub === "--help" || sub === "-h") return printUsage(TENANT_USAGE);
-      throw new UsageError(
-        sub ? `unknown tenant command ${JSON.stringify(sub)}` : "missing tenant command",
-        TENANT_USAGE,
-      );
-    }
-    case "token": {
-      const [sub, ...args] = rest;
-      if (sub === "create") return tokenCreate(args);
-      if (sub === "--help" || sub === "-h") return printUsage(TOKEN_USAGE);
-      throw new UsageError(
-        sub ? `unknown token command ${JSON.stringify(sub)}` : "missing token command",
-        TOKEN_USAGE,
-      );
-    }
+    case "workflow":
+      return runSubcommand("workflow", rest, { push: workflowPush }, WORKFLOW_PUSH_USAGE);
+    case "tenant":
+      return runSubcommand("tenant", rest, { create: tenantCreate }, TENANT_USAGE);
+    case "token":
+      return runSubcommand("token", rest, { create: tokenCreate }, TOKEN_USAGE);
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`, MAIN_USAGE);
   }
