@@ -11,6 +11,7 @@ import { type GatewayClients, labelClients } from "./clients.js";
 import type { GatewayConfig } from "./config.js";
 import { registerDocs } from "./docs.js";
 import { errorAnswer, installErrorHandling, schemaErrorFormatter } from "./errors.js";
+import { refuseUnusableInput } from "./input-guard.js";
 import { errorResponses, objectOf, registerOpenApi, registerOpenApiRoute } from "./openapi.js";
 import { registerConversationRoutes } from "./routes/conversations.js";
 import { registerExecuteRoutes } from "./routes/execute.js";
@@ -64,6 +65,7 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
     reply.header("x-request-id", request.id);
   });
   installErrorHandling(app, config.bodyLimitBytes);
+  app.addHook("preValidation", refuseUnusableInput);
 
   const labelled = labelClients(clients);
   // The OpenAPI generator collects routes as they are registered, so the routes go in a plugin

@@ -71,10 +71,26 @@ function isInfrastructureUnavailable(err: unknown): boolean {
   return /Connection terminated|timeout exceeded when trying to connect/i.test(err.message);
 }
 
+/**
+ * PostgreSQL refusing a caller's text (a NUL character, an encoding it cannot store): bad input,
+ * not a bug, whichever entry point it came through.
+ */
+function isUnstorableText(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as { code?: unknown }).code;
+  return code === "22021" || code === "22P05";
+}
+
 /** Maps anything thrown by a handler to the ConnectError a caller should see. */
 export function toConnectError(err: unknown): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof DomainError) return new ConnectError(err.message, err.code);
+  if (isUnstorableText(err)) {
+    return new ConnectError(
+      "text contains characters that cannot be stored (e.g. NUL)",
+      Code.InvalidArgument,
+    );
+  }
   if (isInfrastructureUnavailable(err)) {
     return new ConnectError("service temporarily unavailable", Code.Unavailable, undefined, undefined, err);
   }

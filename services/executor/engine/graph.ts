@@ -231,7 +231,12 @@ export function runGraph(
             resolved(block, outcome.handle);
           },
           (err: unknown) => {
-            const message = err instanceof Error ? err.message : String(err);
+            // Messages can carry user text (a thrown string, a response excerpt); PostgreSQL cannot
+            // store U+0000, so it is written out as an escape.
+            const message = (err instanceof Error ? err.message : String(err)).replaceAll(
+              "\u0000",
+              "\\u0000",
+            );
             const failure = err instanceof BlockFailure ? err : undefined;
             run.spans[spanIndex] = {
               ...span,

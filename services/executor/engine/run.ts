@@ -25,6 +25,38 @@ import type { FunctionSandbox } from "./sandbox.js";
 import { runWaitBlock } from "./wait.js";
 import { type ChildRunResult, runWorkflowBlock } from "./workflow-block.js";
 
+/**
+ * Deepest a block's output may be. Outputs travel in protobuf Structs (two message levels per JSON
+ * level, inside the response, the completion event and trace spans) and protobuf-es refuses to
+ * decode past 100 levels: deeper output would make the run's answer and its events undecodable.
+ */
+export const MAX_BLOCK_OUTPUT_DEPTH = 32;
+
+/**
+ * Why a block's output cannot be kept, if it cannot: too deep, or a NUL character (PostgreSQL's
+ * jsonb cannot store U+0000, so the run could never be recorded).
+ */
+function outputProblem(value: JsonValue, depthLeft = MAX_BLOCK_OUTPUT_DEPTH): string | undefined {
+  if (typeof value === "string") {
+    return value.includes("\u0000") ? "the output contains a NUL (\\u0000) character" : undefined;
+  }
+  if (value === null || typeof value !== "object") return undefined;
+  if (depthLeft === 0) return `the output is nested deeper than ${MAX_BLOCK_OUTPUT_DEPTH} levels`;
+  if (Array.isArray(value)) {
+    for (const item of value) {
+      const problem = outputProblem(item, depthLeft - 1);
+      if (problem) return problem;
+    }
+    return undefined;
+  }
+  for (const [key, item] of Object.entries(value)) {
+    if (key.includes("\u0000")) return "the output contains a NUL (\\u0000) character";
+    const problem = outputProblem(item, depthLeft - 1);
+    if (problem) return problem;
+  }
+  return undefined;
+}
+
 export interface WorkflowRunResult {
   status: "success" | "error";
   /** Output block name → value, for the output blocks that ran. */
@@ -129,7 +161,7 @@ export async function runWorkflow(
       (index, item, markSpan) =>
         runScope({ graph: body, outer, loop: { index, item } }, markSpan);
 
-    return async (
+    const runBlock = async (
       block: CompiledBlock,
       outputs: Readonly<Record<string, JsonValue>>,
     ): Promise<BlockOutcome> => {
@@ -191,6 +223,16 @@ export async function runWorkflow(
         }
         throw err;
       }
+    };
+
+    return async (
+      block: CompiledBlock,
+      outputs: Readonly<Record<string, JsonValue>>,
+    ): Promise<BlockOutcome> => {
+      const outcome = await runBlock(block, outputs);
+      const problem = outputProblem(outcome.output);
+      if (problem) throw new BlockFailure(problem, outcome.input);
+      return outcome;
     };
   };
 
