@@ -44,7 +44,11 @@ function setRateLimitHeaders(reply: FastifyReply, api: ApiRateLimit | undefined)
  * An empty bucket answers 429 with Retry-After (whole seconds) and `retryAfter` (epoch ms) in the
  * body (DESIGN §5b); the auth service puts both in the RateLimitExceeded error detail.
  */
-function sendRateLimited(request: FastifyRequest, reply: FastifyReply, err: ConnectError): FastifyReply {
+export function sendRateLimited(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  err: ConnectError,
+): FastifyReply {
   const [detail] = err.findDetails(RateLimitExceededSchema);
   const retryAfterMs = Number(detail?.retryAfterMs ?? 1000n);
   const retryAt = detail?.retryAt ? timestampDate(detail.retryAt).getTime() : Date.now() + retryAfterMs;

@@ -88,6 +88,7 @@ beforeAll(async () => {
   services.push(auth);
   const executor = await startService(executorService, {
     ...common,
+    AUTH_URL: `http://127.0.0.1:${auth.port}`,
     EXECUTOR_PORT: "0",
     EXECUTOR_WORKER_CONCURRENCY: "2",
     EXECUTOR_FUNCTION_WORKERS: "1",

@@ -1,12 +1,16 @@
 import type { JsonObject } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
+import { sendRateLimited } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
 import { HttpError } from "../errors.js";
 import { errorResponses, objectOf } from "../openapi.js";
 
 /**
  * POST /api/v1/hooks/{hookId}: an inbound webhook. No x-api-key: the caller sends the hook's own
- * secret in `x-hook-secret`; the JSON body becomes the workflow input of a background run.
+ * secret in `x-hook-secret`; the JSON body becomes the workflow input of a background run. The run
+ * consumes one token of the workspace's async execution bucket (429 + Retry-After when empty) and is
+ * refused with 400 "insufficient credits" over the usage limit, as on the execute routes.
  */
 export function registerHookRoutes(app: FastifyInstance, clients: GatewayClients): void {
   app.post<{ Params: { hookId: string }; Body: JsonObject }>(
@@ -30,7 +34,7 @@ export function registerHookRoutes(app: FastifyInstance, clients: GatewayClients
             },
             "The queued execution",
           ),
-          ...errorResponses([400, 401, 404, 413, 415], false),
+          ...errorResponses([400, 401, 404, 413, 415, 429], false),
         },
         params: {
           type: "object",
@@ -49,11 +53,20 @@ export function registerHookRoutes(app: FastifyInstance, clients: GatewayClients
     async (request, reply) => {
       const header = request.headers["x-hook-secret"];
       const secret = ((Array.isArray(header) ? header[0] : header) ?? "").trim();
-      const res = await clients.executions.triggerHook({
-        hookId: request.params.hookId,
-        secret,
-        input: request.body,
-      });
+      let res: Awaited<ReturnType<GatewayClients["executions"]["triggerHook"]>>;
+      try {
+        res = await clients.executions.triggerHook({
+          hookId: request.params.hookId,
+          secret,
+          input: request.body,
+        });
+      } catch (err) {
+        // The workspace's async execution bucket is empty: 429 + Retry-After, as on the execute routes.
+        if (err instanceof ConnectError && err.code === Code.ResourceExhausted) {
+          return sendRateLimited(request, reply, err);
+        }
+        throw err;
+      }
       return reply.code(202).send({
         conversationId: res.conversationId,
         executionId: res.executionId,

@@ -8,6 +8,7 @@ import {
   ApiRateLimitSchema,
   AuthorizeResponseSchema,
   type AuthService,
+  ConsumeExecutionResponseSchema,
   CreateTenantResponseSchema,
   CreateTokenResponseSchema,
   ExecutionBucket,
@@ -371,6 +372,22 @@ export function authServiceHandlers(
       return create(GetLimitsResponseSchema, {
         limits: limitsMessage(await limits.current(tenant.id, tenant.plan)),
       });
+    },
+
+    async consumeExecution(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const bucket = BUCKETS[req.bucket];
+      if (bucket === undefined) throw new InvalidArgumentError("bucket must be SYNC or ASYNC");
+      const tenant = await findTenant(db, tenantId);
+      if (!tenant) throw new NotFoundError(`workspace ${tenantId} not found`);
+      let state: LimitsState;
+      try {
+        state = await limits.consumeExecution(tenant.id, tenant.plan, bucket);
+      } catch (err) {
+        if (err instanceof RateLimitedError) throw rateLimitedConnectError(err, new Date());
+        throw err;
+      }
+      return create(ConsumeExecutionResponseSchema, { limits: limitsMessage(state) });
     },
 
     async listTokens(req) {

@@ -114,13 +114,14 @@ export class RateLimits {
 
     const state: LimitsState = { api };
     if (execution || includeAll) state.usage = await this.usage(who.tenantId, who.plan, now);
-    if (execution) {
-      if (state.usage?.isExceeded) throw new FailedPreconditionError("insufficient credits");
-      const consumed = await this.guard(
-        consumeToken(this.db, bucketKey[execution](who.tenantId), limits[execution]),
+    if (execution && state.usage) {
+      state[execution] = await this.consumeExecutionBucket(
+        who.tenantId,
+        who.plan,
+        execution,
+        state.usage,
+        api,
       );
-      if (!consumed.granted) throw new RateLimitedError(execution, consumed, api);
-      state[execution] = consumed;
     }
     if (includeAll) {
       const other: ExecutionBucketName[] = (["sync", "async"] as const).filter((b) => b !== execution);
@@ -133,6 +134,39 @@ export class RateLimits {
       for (const [i, b] of other.entries()) state[b] = peeked[i];
     }
     return state;
+  }
+
+  /**
+   * One token of an execution bucket for a run no API key started (inbound hook, schedule): the
+   * usage check and the bucket of `consume`, without consuming an API-call token.
+   */
+  async consumeExecution(
+    tenantId: string,
+    plan: PlanName,
+    execution: ExecutionBucketName,
+    now = new Date(),
+  ): Promise<LimitsState> {
+    const [api] = await this.guard(
+      peekBuckets(this.db, [{ key: bucketKey.api(tenantId), spec: this.plans[plan].api }]),
+    );
+    const usage = await this.usage(tenantId, plan, now);
+    const consumed = await this.consumeExecutionBucket(tenantId, plan, execution, usage, api!);
+    return { api: api!, usage, [execution]: consumed };
+  }
+
+  private async consumeExecutionBucket(
+    tenantId: string,
+    plan: PlanName,
+    execution: ExecutionBucketName,
+    usage: UsageState,
+    api: BucketState,
+  ): Promise<BucketState> {
+    if (usage.isExceeded) throw new FailedPreconditionError("insufficient credits");
+    const consumed = await this.guard(
+      consumeToken(this.db, bucketKey[execution](tenantId), this.plans[plan][execution]),
+    );
+    if (!consumed.granted) throw new RateLimitedError(execution, consumed, api);
+    return consumed;
   }
 
   /** Every bucket and the usage as they stand, consuming nothing (GetLimits). */

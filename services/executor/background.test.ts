@@ -11,6 +11,8 @@ import {
   testNamespace,
   waitFor,
 } from "../../test/helpers/infra.js";
+import { authService } from "../auth/service.js";
+import { Plan, TenantService } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
 import {
   type ExecutionCompleted,
   ExecutionCompletedSchema,
@@ -26,7 +28,8 @@ import { type RunningService, startService } from "../platform/service.js";
 import { demoState, toState } from "./engine/workflow-fixtures.js";
 import { executorService } from "./service.js";
 
-const TENANT = newId("ws");
+// The tenant is created in the auth service, which hook and schedule runs ask for execution tokens.
+let TENANT: string;
 const OTHER_TENANT = newId("ws");
 const READER = "background-test-reader";
 const WORKERS = 2;
@@ -34,6 +37,7 @@ const WORKERS = 2;
 let db: TestDatabase;
 let namespace: string;
 let running: RunningService;
+let auth: RunningService;
 let workflows: Client<typeof WorkflowService>;
 let executions: Client<typeof ExecutionService>;
 let nc: NatsConnection;
@@ -50,6 +54,7 @@ function executorEnv(extra: Record<string, string> = {}): Record<string, string>
     EXECUTOR_WORKER_CONCURRENCY: String(WORKERS),
     EXECUTOR_SCHEDULE_POLL_MS: "100",
     EXECUTOR_FUNCTION_WORKERS: "1",
+    AUTH_URL: `http://127.0.0.1:${auth.port}`,
     LOG_LEVEL: "silent",
     ...extra,
   };
@@ -58,6 +63,19 @@ function executorEnv(extra: Record<string, string> = {}): Record<string, string>
 beforeAll(async () => {
   db = await createTestDatabase();
   namespace = testNamespace();
+  auth = await startService(authService, {
+    DATABASE_URL: db.url,
+    NATS_URL: TEST_NATS_URL,
+    FLOWPLANE_NAMESPACE: namespace,
+    AUTH_PORT: "0",
+    AUTH_PLAN_PRO_ASYNC: "1000000/1000000",
+    LOG_LEVEL: "silent",
+  });
+  const { tenant } = await createRpcClient(TenantService, `http://127.0.0.1:${auth.port}`).createTenant({
+    name: "Background test",
+    plan: Plan.PRO,
+  });
+  TENANT = tenant!.id;
   running = await startService(executorService, executorEnv());
   const url = `http://127.0.0.1:${running.port}`;
   workflows = createRpcClient(WorkflowService, url);
@@ -77,6 +95,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await running?.stop();
+  await auth?.stop();
   await nc?.close();
   await sql?.end();
   await db?.drop();

@@ -15,7 +15,13 @@ import {
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
 import { costFromJson, statusFromText, traceSpansFromJson, triggerFromText } from "./records.js";
-import { type ExecutionRow, type ExecutorDb, findUnpublishedExecutions, findVersionState } from "./store.js";
+import {
+  type ExecutionRow,
+  type ExecutorDb,
+  failAbandonedSyncRuns,
+  findUnpublishedExecutions,
+  findVersionState,
+} from "./store.js";
 
 /** What the completion carries about the workflow besides the execution row. */
 export interface CompletedWorkflow {
@@ -162,6 +168,8 @@ export class OutboxSweeper {
   constructor(
     private readonly deps: { db: ExecutorDb; js: JetStreamClient; names: NatsNames; log: Logger },
     private readonly intervalMs: number,
+    /** Sync runs still running after this long were abandoned by a stopped process, ms. */
+    private readonly abandonedAfterMs?: number,
   ) {}
 
   start(): void {
@@ -188,6 +196,10 @@ export class OutboxSweeper {
   /** One pass over the unpublished rows; returns how many were published. */
   async sweep(): Promise<number> {
     let published = 0;
+    if (this.abandonedAfterMs !== undefined) {
+      const failed = await failAbandonedSyncRuns(this.deps.db, new Date(Date.now() - this.abandonedAfterMs));
+      if (failed > 0) this.deps.log.warn({ failed }, "ended sync runs abandoned by a stopped executor");
+    }
     for (;;) {
       const rows = await findUnpublishedExecutions(
         this.deps.db,

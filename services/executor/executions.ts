@@ -19,6 +19,7 @@ import {
 import { newId } from "../platform/ids.js";
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
+import type { SyncRunAborts } from "./cancel.js";
 import { type CompletedWorkflow, publishStoredExecution } from "./completion.js";
 import { agentHistoryFromSpans } from "./engine/agent.js";
 import { costOfSpans } from "./engine/cost.js";
@@ -33,6 +34,7 @@ import {
 import type { FunctionSandbox } from "./engine/sandbox.js";
 import { costMessage, traceSpanMessage } from "./engine/trace.js";
 import type { LiveEvents } from "./live.js";
+import type { AuthClient } from "./quota.js";
 import { costJson, executionMessage, statusFromText, traceSpansJson, triggerText } from "./records.js";
 import {
   deleteQueuedExecution,
@@ -41,6 +43,7 @@ import {
   type ExecutorDb,
   findConversation,
   findWorkflow,
+  finishExecution,
   insertExecution,
   listConversationExecutions,
   type NewExecutionRow,
@@ -61,6 +64,10 @@ export interface ExecutionDeps {
   /** A run still going after this long is aborted and ends with an error, ms. */
   runTimeoutMs: number;
   live: LiveEvents;
+  /** Aborts of this process's sync runs, for CancelExecution. */
+  syncRuns: SyncRunAborts;
+  /** The auth service: execution buckets and credits of hook and schedule runs. */
+  auth: AuthClient;
   /** Block settings (api, agent, wait, loop, parallel, workflow); the engine's defaults when absent. */
   engine?: EngineSettings;
 }
@@ -131,7 +138,7 @@ export interface RunControl {
   /** Aborts the run: "cancelled" for a cancellation. */
   signal?: AbortSignal;
   executionId: string;
-  /** Publish block events on `<ns>.live.<executionId>` (background runs, which can be watched). */
+  /** Publish block events on `<ns>.live.<executionId>`, for WatchExecution. */
   live: boolean;
 }
 
@@ -265,26 +272,42 @@ function storedRow(row: NewExecutionRow & ExecutionResult): ExecutionRow {
 
 /**
  * Runs the workflow and answers once the execution is stored; its completion is published before
- * answering when JetStream acks in time, otherwise the outbox sweeper publishes it later.
+ * answering when JetStream acks in time, otherwise the outbox sweeper publishes it later. The row is
+ * written as `running` when the run starts (so WatchExecution and CancelExecution find it, and live
+ * block events are published as for background runs) and finished by one update at the end.
  */
 export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<ExecuteResponse> {
   const prepared = await prepareExecution(deps, cmd);
   const executionId = newId("exec");
-  const result = await runPrepared(deps, prepared, cmd.input, { executionId, live: false });
-  const row: NewExecutionRow & ExecutionResult = {
-    ...result,
-    id: executionId,
-    tenant_id: cmd.tenantId,
-    workflow_id: cmd.workflowId,
-    workflow_version: prepared.version,
-    conversation_id: prepared.conversationId,
-    trigger: triggerText(cmd.trigger),
-    input: JSON.stringify(cmd.input),
-    warnings: [],
-    published_at: null,
+  const runningRow: NewExecutionRow = {
+    ...queuedExecutionRow(prepared, cmd, executionId),
+    status: "running",
   };
-  await insertExecution(deps.db, row, prepared.newConversation);
-  const stored = storedRow(row);
+  // Asynchronous commit: a crash loses the run anyway, and the caller has been answered nothing.
+  await insertExecution(deps.db, runningRow, prepared.newConversation, { asyncCommit: true });
+  deps.live.started({ id: executionId, started_at: runningRow.started_at as Date });
+  const abort = deps.syncRuns.register(executionId);
+  let result: ExecutionResult & { started_at: Date };
+  try {
+    result = await runPrepared(deps, prepared, cmd.input, { executionId, signal: abort.signal, live: true });
+  } catch (err) {
+    // Not left running: the row ends as an error (published by the outbox sweeper).
+    const endedAt = new Date();
+    await finishExecution(deps.db, cmd.tenantId, executionId, {
+      ...runningRow,
+      status: "error",
+      error: "internal error",
+      ended_at: endedAt,
+      duration_ms: endedAt.getTime() - (runningRow.started_at as Date).getTime(),
+    }).catch((finishErr: unknown) => deps.log.warn({ err: finishErr, executionId }, "run not finished"));
+    throw err;
+  } finally {
+    abort.done();
+  }
+  const stored =
+    (await finishExecution(deps.db, cmd.tenantId, executionId, result)) ??
+    storedRow({ ...runningRow, ...result });
+  deps.live.finished(stored);
   await publishStoredExecution(deps, stored, {
     ...workflowInfo(prepared.workflow),
     state: deps.versions.cachedState(cmd.tenantId, cmd.workflowId, prepared.version),

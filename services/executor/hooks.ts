@@ -11,6 +11,7 @@ import { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { type Hook, HookSchema } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { isId, newId } from "../platform/ids.js";
 import { type ExecutionDeps, executeInBackground } from "./executions.js";
+import { consumeAsyncExecution } from "./quota.js";
 import type { HookRow } from "./store.js";
 
 function sha256(secret: string): Buffer {
@@ -76,6 +77,8 @@ export async function triggerHook(
     conversationId: "",
     trigger: Trigger.WEBHOOK,
   };
+  // Consumed as the execute routes do for an API key, once the caller has proven itself.
+  await consumeAsyncExecution(deps.auth, row.tenant_id);
   const queued = await executeInBackground(deps, cmd);
   return {
     conversationId: queued.conversationId,

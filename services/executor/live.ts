@@ -71,7 +71,7 @@ export class LiveEvents {
     };
   }
 
-  started(row: ExecutionRow): void {
+  started(row: Pick<ExecutionRow, "id" | "started_at">): void {
     this.publish(
       create(LiveEventSchema, {
         executionId: row.id,

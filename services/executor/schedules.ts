@@ -2,10 +2,14 @@
  * Cron schedules: each tick of a schedule starts one background run. Every executor replica checks
  * the schedules, and a tick fires on exactly one of them: the tick's row (schedule id, tick time) is
  * inserted with ON CONFLICT DO NOTHING in the same transaction as the queued execution, so the
- * replica whose insert wins queues the run and the others do nothing.
+ * replica whose insert wins queues the run and the others do nothing. The winner then consumes one
+ * token of the tenant's async execution bucket at the auth service; a refused tick (rate limit,
+ * insufficient credits, auth unreachable) is recorded as an execution with status error naming the
+ * refusal, so it shows in the workflow's logs.
  */
 import { create, type JsonObject } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import { ConnectError } from "@connectrpc/connect";
 import { Cron } from "croner";
 import { InvalidArgumentError, NotFoundError } from "../platform/errors.js";
 import { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
@@ -20,6 +24,7 @@ import {
   queuedExecutionRow,
   workflowInfo,
 } from "./executions.js";
+import { consumeAsyncExecution } from "./quota.js";
 import type { ExecutorDb, ScheduleRow } from "./store.js";
 
 const MAX_SCHEDULES_PER_WORKFLOW = 50;
@@ -262,20 +267,33 @@ export class ScheduleTicker {
       return true;
     });
     if (!won) return false;
+    // Only the replica that won the tick consumes, so a tick costs one token whatever the replicas.
+    let refusal: string | undefined;
     try {
-      await publishRunRequest(deps, schedule.tenant_id, row.id, true);
+      await consumeAsyncExecution(deps.auth, schedule.tenant_id);
     } catch (err) {
-      // The tick is spent: record the failure as the execution's outcome (published as usual).
-      deps.log.warn({ err, scheduleId: schedule.id }, "scheduled run could not be queued");
-      const failed = await deps.db
-        .updateTable("executions")
-        .set({ status: "error", error: "the run queue was unavailable", ended_at: new Date() })
-        .where("id", "=", row.id)
-        .where("status", "=", "queued")
-        .returningAll()
-        .executeTakeFirst();
-      if (failed) await publishStoredExecution(deps, failed, workflowInfo(prepared.workflow));
+      refusal = `scheduled run refused: ${err instanceof ConnectError ? err.rawMessage : String(err)}`;
+      deps.log.warn({ err, scheduleId: schedule.id, executionId: row.id }, "scheduled run refused");
     }
+    if (refusal === undefined) {
+      try {
+        await publishRunRequest(deps, schedule.tenant_id, row.id, true);
+        return true;
+      } catch (err) {
+        deps.log.warn({ err, scheduleId: schedule.id }, "scheduled run could not be queued");
+        refusal = "the run queue was unavailable";
+      }
+    }
+    // The tick is spent: record the refusal as the execution's outcome (published as usual), so it
+    // shows in the workflow's logs.
+    const failed = await deps.db
+      .updateTable("executions")
+      .set({ status: "error", error: refusal, ended_at: new Date() })
+      .where("id", "=", row.id)
+      .where("status", "=", "queued")
+      .returningAll()
+      .executeTakeFirst();
+    if (failed) await publishStoredExecution(deps, failed, workflowInfo(prepared.workflow));
     return true;
   }
 

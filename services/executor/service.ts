@@ -2,9 +2,12 @@ import { availableParallelism } from "node:os";
 import { fileURLToPath } from "node:url";
 import { adminPortSetting } from "../platform/admin.js";
 import { env } from "../platform/config.js";
+import { AuthService } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
 import { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { ensureStream, executionsStreamConfig } from "../platform/nats.js";
+import { createRpcClient } from "../platform/rpc.js";
 import type { ServiceDefinition } from "../platform/service.js";
+import { SyncRunAborts } from "./cancel.js";
 import { OutboxSweeper } from "./completion.js";
 import { FunctionSandbox } from "./engine/sandbox.js";
 import { engineSettingsSpec, readEngineSettings } from "./engine/settings.js";
@@ -64,6 +67,12 @@ export const executorSettings = {
     "how long a background run may go without a worker heartbeat before another worker takes it over, ms",
     { default: 30_000, min: 300, max: 3_600_000 },
   ),
+  authUrl: env.url(
+    "AUTH_URL",
+    "base URL of the auth service (execution tokens and credits of hook and schedule runs)",
+    ["http", "https"],
+    "http://127.0.0.1:50051",
+  ),
   schedulePollMs: env.int("EXECUTOR_SCHEDULE_POLL_MS", "how often schedules are checked for due ticks, ms", {
     default: 1000,
     min: 50,
@@ -93,11 +102,14 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
       nc: ctx.nc,
       runTimeoutMs: ctx.config.runTimeoutMs,
       live: new LiveEvents(ctx.nc, ctx.names, ctx.log),
+      syncRuns: new SyncRunAborts(ctx.nc, ctx.names, ctx.log),
+      auth: createRpcClient(AuthService, ctx.config.authUrl, { timeoutMs: 5_000 }),
       engine: readEngineSettings(ctx.config),
     };
     // Declared here too, so ExecuteBackground can queue on an API-only replica.
     await ensureStream(ctx.jsm, runsStreamConfig(ctx.names));
-    const outbox = new OutboxSweeper(deps, ctx.config.outboxIntervalMs);
+    // A sync run outlives its timeout only by the abort grace; a minute more cannot be a live one.
+    const outbox = new OutboxSweeper(deps, ctx.config.outboxIntervalMs, ctx.config.runTimeoutMs + 60_000);
     outbox.start();
     const workers = new RunWorkers(deps, {
       concurrency: ctx.config.workerConcurrency,
@@ -117,6 +129,7 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
         await ticker.stop();
         await workers.stop();
         await outbox.stop();
+        deps.syncRuns.stop();
         await sandbox.close();
       },
     };

@@ -1,6 +1,13 @@
 /** Queries on the `executor` schema. Every query is scoped by tenant_id. */
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
-import type { ColumnType, Insertable, Kysely, Selectable } from "kysely";
+import {
+  type ColumnType,
+  type Insertable,
+  type InsertObject,
+  type Kysely,
+  type Selectable,
+  sql,
+} from "kysely";
 import { executionsByStatus } from "../platform/metrics.js";
 
 /** jsonb: read as parsed JSON, written as a JSON string (pg would turn JS arrays into SQL arrays). */
@@ -229,17 +236,24 @@ export async function insertExecution(
   db: ExecutorDb,
   execution: NewExecutionRow,
   newConversation: { id: string; createdAt: Date } | undefined,
+  opts: { asyncCommit?: boolean } = {},
 ): Promise<void> {
+  const values: InsertObject<Database, "executions"> = opts.asyncCommit
+    ? // The error column (null) is computed by the call that turns off the wait for the WAL flush
+      // of this statement's own transaction.
+      { ...execution, error: sql<null>`nullif(set_config('synchronous_commit', 'off', true), 'off')` }
+    : execution;
   if (!newConversation) {
-    await db.insertInto("executions").values(execution).execute();
+    await db.insertInto("executions").values(values).execute();
   } else {
-    await insertWithConversation(db, execution, newConversation);
+    await insertWithConversation(db, values, execution, newConversation);
   }
   executionsByStatus.inc({ status: execution.status, trigger: execution.trigger });
 }
 
 async function insertWithConversation(
   db: ExecutorDb,
+  values: InsertObject<Database, "executions">,
   execution: NewExecutionRow,
   newConversation: { id: string; createdAt: Date },
 ): Promise<void> {
@@ -253,7 +267,7 @@ async function insertWithConversation(
       }),
     )
     .insertInto("executions")
-    .values(execution)
+    .values(values)
     .execute();
 }
 
@@ -423,6 +437,22 @@ export async function finishExecution(
     .executeTakeFirst();
   if (row) executionsByStatus.inc({ status: row.status, trigger: row.trigger });
   return row;
+}
+
+/**
+ * Ends sync runs whose process stopped mid-run (a sync row is written `running` with no attempts;
+ * background rows count their claims): older than the run timeout and still running, they can only
+ * be abandoned. The outbox then publishes their completion.
+ */
+export async function failAbandonedSyncRuns(db: ExecutorDb, startedBefore: Date): Promise<number> {
+  const rows = await db
+    .updateTable("executions")
+    .set({ status: "error", error: "run abandoned: the executor running it stopped", ended_at: new Date() })
+    .where("status", "=", "running")
+    .where("attempts", "=", 0)
+    .where("started_at", "<", startedBefore)
+    .executeTakeFirst();
+  return Number(rows.numUpdatedRows);
 }
 
 /** Cancels a queued execution without running it; undefined when it is not queued. */

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowplane/auth/v1/auth.proto.
  */
 export const file_flowplane_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLbBQoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQESMwoKcmV2b2tlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAogBARIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYDiABKAVIA4gBARIgChNleHBpcnlfd2FybmluZ19kYXlzGA8gASgFSASIAQESMwoKcm90YXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBYgBARJDChpwcmV2aW91c19zZWNyZXRfZXhwaXJlc19hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBogBAUINCgtfZXhwaXJlc19hdEIPCg1fbGFzdF91c2VkX2F0Qg0KC19yZXZva2VkX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXNCDQoLX3JvdGF0ZWRfYXRCHQobX3ByZXZpb3VzX3NlY3JldF9leHBpcmVzX2F0IqkBCglQcmluY2lwYWwSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDgoGc2NvcGVzGAQgAygJEhQKDHdvcmtmbG93X2lkcxgFIAMoCRIlCgRwbGFuGAYgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbiKUAQoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCRIyCgZidWNrZXQYBCABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQSFgoOaW5jbHVkZV9saW1pdHMYBSABKAgilwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBmJ1Y2tldBgBIAEoCRIsCghyZXRyeV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKAMSLAoDYXBpGAQgASgLMh8uZmxvd3BsYW5lLmF1dGgudjEuQXBpUmF0ZUxpbWl0Im8KEUF1dGhvcml6ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLmZsb3dwbGFuZS5hdXRoLnYxLlByaW5jaXBhbBIpCgZsaW1pdHMYAiABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMifAoMQXBpUmF0ZUxpbWl0EhgKEGxpbWl0X3Blcl9taW51dGUYASABKAUSEQoJbWF4X2J1cnN0GAIgASgFEhEKCXJlbWFpbmluZxgDIAEoBRIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKEkV4ZWN1dGlvblJhdGVMaW1pdBIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgFEhEKCW1heF9idXJzdBgCIAEoBRIRCglyZW1haW5pbmcYAyABKAUSLAoIcmVzZXRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChpXb3JrZmxvd0V4ZWN1dGlvblJhdGVMaW1pdBIzCgRzeW5jGAEgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0EjQKBWFzeW5jGAIgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0IrgBCgVVc2FnZRIbChNjdXJyZW50X3BlcmlvZF9jb3N0GAEgASgBEg0KBWxpbWl0GAIgASgBEgwKBHBsYW4YAyABKAkSEwoLaXNfZXhjZWVkZWQYBCABKAgSMAoMcGVyaW9kX3N0YXJ0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK1AQoGTGltaXRzEiwKA2FwaRgBIAEoCzIfLmZsb3dwbGFuZS5hdXRoLnYxLkFwaVJhdGVMaW1pdBJUCh13b3JrZmxvd19leGVjdXRpb25fcmF0ZV9saW1pdBgCIAEoCzItLmZsb3dwbGFuZS5hdXRoLnYxLldvcmtmbG93RXhlY3V0aW9uUmF0ZUxpbWl0EicKBXVzYWdlGAMgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVXNhZ2UiJQoQR2V0TGltaXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPgoRR2V0TGltaXRzUmVzcG9uc2USKQoGbGltaXRzGAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuTGltaXRzIpMBCgpUb2tlbkV2ZW50EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCgh0b2tlbl9pZBgDIAEoCRINCgVhY3RvchgEIAEoCRINCgVldmVudBgFIAEoCRIOCgZyZWFzb24YBiABKAkSJgoCYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIkUKEUxpc3RUb2tlbnNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRINCgVsaW1pdBgCIAEoBRIOCgZjdXJzb3IYAyABKAkiUwoSTGlzdFRva2Vuc1Jlc3BvbnNlEigKBnRva2VucxgBIAMoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEhMKC25leHRfY3Vyc29yGAIgASgJIjAKD0dldFRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAkiOwoQR2V0VG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuImAKElJvdGF0ZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAkSHAoUZ3JhY2VfcGVyaW9kX3NlY29uZHMYAyABKAUSDQoFYWN0b3IYBCABKAkiTgoTUm90YXRlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSJSChJSZXZva2VUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJEg0KBWFjdG9yGAMgASgJEg4KBnJlYXNvbhgEIAEoCSI+ChNSZXZva2VUb2tlblJlc3BvbnNlEicKBXRva2VuGAEgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4iXAoWTGlzdFRva2VuRXZlbnRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIdG9rZW5faWQYAiABKAkSDQoFbGltaXQYAyABKAUSDgoGY3Vyc29yGAQgASgJIl0KF0xpc3RUb2tlbkV2ZW50c1Jlc3BvbnNlEi0KBmV2ZW50cxgBIAMoCzIdLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuRXZlbnQSEwoLbmV4dF9jdXJzb3IYAiABKAki6AIKEkNyZWF0ZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSKgoEa2luZBgCIAEoDjIcLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuS2luZBIMCgRuYW1lGAMgASgJEg8KB3B1cnBvc2UYBCABKAkSDgoGc2NvcGVzGAUgAygJEhQKDHdvcmtmbG93X2lkcxgGIAMoCRIzCgpleHBpcmVzX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcEgAiAEBEhIKCmNyZWF0ZWRfYnkYCCABKAkSIgoVcmF0ZV9saW1pdF9wZXJfbWludXRlGAkgASgFSAGIAQESIAoTZXhwaXJ5X3dhcm5pbmdfZGF5cxgKIAEoBUgCiAEBQg0KC19leHBpcmVzX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXMiTgoTQ3JlYXRlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEg4KBnNlY3JldBgCIAEoCSJ5ChNDcmVhdGVUZW5hbnRSZXF1ZXN0EgwKBG5hbWUYASABKAkSJQoEcGxhbhgCIAEoDjIXLmZsb3dwbGFuZS5hdXRoLnYxLlBsYW4SGQoRaXNzdWVfYWRtaW5fdG9rZW4YAyABKAgSEgoKY3JlYXRlZF9ieRgEIAEoCSKGAQoUQ3JlYXRlVGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuVGVuYW50Ei0KC2FkbWluX3Rva2VuGAIgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4SFAoMYWRtaW5fc2VjcmV0GAMgASgJIh4KEEdldFRlbmFudFJlcXVlc3QSCgoCaWQYASABKAkiPgoRR2V0VGVuYW50UmVzcG9uc2USKQoGdGVuYW50GAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuVGVuYW50KmoKD0V4ZWN1dGlvbkJ1Y2tldBIgChxFWEVDVVRJT05fQlVDS0VUX1VOU1BFQ0lGSUVEEAASGQoVRVhFQ1VUSU9OX0JVQ0tFVF9TWU5DEAESGgoWRVhFQ1VUSU9OX0JVQ0tFVF9BU1lOQxACKlEKCVRva2VuS2luZBIaChZUT0tFTl9LSU5EX1VOU1BFQ0lGSUVEEAASFAoQVE9LRU5fS0lORF9BRE1JThABEhIKDlRPS0VOX0tJTkRfQVBQEAIqXQoEUGxhbhIUChBQTEFOX1VOU1BFQ0lGSUVEEAASDQoJUExBTl9GUkVFEAESDAoIUExBTl9QUk8QAhINCglQTEFOX1RFQU0QAxITCg9QTEFOX0VOVEVSUFJJU0UQBDLxBQoLQXV0aFNlcnZpY2USVgoJQXV0aG9yaXplEiMuZmxvd3BsYW5lLmF1dGgudjEuQXV0aG9yaXplUmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkF1dGhvcml6ZVJlc3BvbnNlElwKC0NyZWF0ZVRva2VuEiUuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXF1ZXN0GiYuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVG9rZW5SZXNwb25zZRJWCglHZXRMaW1pdHMSIy5mbG93cGxhbmUuYXV0aC52MS5HZXRMaW1pdHNSZXF1ZXN0GiQuZmxvd3BsYW5lLmF1dGgudjEuR2V0TGltaXRzUmVzcG9uc2USWQoKTGlzdFRva2VucxIkLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiUuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElMKCEdldFRva2VuEiIuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXF1ZXN0GiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXNwb25zZRJcCgtSb3RhdGVUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2USXAoLUmV2b2tlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlc3BvbnNlEmgKD0xpc3RUb2tlbkV2ZW50cxIpLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QaKi5mbG93cGxhbmUuYXV0aC52MS5MaXN0VG9rZW5FdmVudHNSZXNwb25zZTLIAQoNVGVuYW50U2VydmljZRJfCgxDcmVhdGVUZW5hbnQSJi5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUZW5hbnRSZXF1ZXN0GicuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVGVuYW50UmVzcG9uc2USVgoJR2V0VGVuYW50EiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VGVuYW50UmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkdldFRlbmFudFJlc3BvbnNlYgZwcm90bzM", [file_google_protobuf_timestamp]);
+  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLbBQoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQESMwoKcmV2b2tlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAogBARIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYDiABKAVIA4gBARIgChNleHBpcnlfd2FybmluZ19kYXlzGA8gASgFSASIAQESMwoKcm90YXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBYgBARJDChpwcmV2aW91c19zZWNyZXRfZXhwaXJlc19hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBogBAUINCgtfZXhwaXJlc19hdEIPCg1fbGFzdF91c2VkX2F0Qg0KC19yZXZva2VkX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXNCDQoLX3JvdGF0ZWRfYXRCHQobX3ByZXZpb3VzX3NlY3JldF9leHBpcmVzX2F0IqkBCglQcmluY2lwYWwSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDgoGc2NvcGVzGAQgAygJEhQKDHdvcmtmbG93X2lkcxgFIAMoCRIlCgRwbGFuGAYgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbiKUAQoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCRIyCgZidWNrZXQYBCABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQSFgoOaW5jbHVkZV9saW1pdHMYBSABKAgilwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBmJ1Y2tldBgBIAEoCRIsCghyZXRyeV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKAMSLAoDYXBpGAQgASgLMh8uZmxvd3BsYW5lLmF1dGgudjEuQXBpUmF0ZUxpbWl0Im8KEUF1dGhvcml6ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLmZsb3dwbGFuZS5hdXRoLnYxLlByaW5jaXBhbBIpCgZsaW1pdHMYAiABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMifAoMQXBpUmF0ZUxpbWl0EhgKEGxpbWl0X3Blcl9taW51dGUYASABKAUSEQoJbWF4X2J1cnN0GAIgASgFEhEKCXJlbWFpbmluZxgDIAEoBRIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKEkV4ZWN1dGlvblJhdGVMaW1pdBIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgFEhEKCW1heF9idXJzdBgCIAEoBRIRCglyZW1haW5pbmcYAyABKAUSLAoIcmVzZXRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChpXb3JrZmxvd0V4ZWN1dGlvblJhdGVMaW1pdBIzCgRzeW5jGAEgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0EjQKBWFzeW5jGAIgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0IrgBCgVVc2FnZRIbChNjdXJyZW50X3BlcmlvZF9jb3N0GAEgASgBEg0KBWxpbWl0GAIgASgBEgwKBHBsYW4YAyABKAkSEwoLaXNfZXhjZWVkZWQYBCABKAgSMAoMcGVyaW9kX3N0YXJ0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK1AQoGTGltaXRzEiwKA2FwaRgBIAEoCzIfLmZsb3dwbGFuZS5hdXRoLnYxLkFwaVJhdGVMaW1pdBJUCh13b3JrZmxvd19leGVjdXRpb25fcmF0ZV9saW1pdBgCIAEoCzItLmZsb3dwbGFuZS5hdXRoLnYxLldvcmtmbG93RXhlY3V0aW9uUmF0ZUxpbWl0EicKBXVzYWdlGAMgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVXNhZ2UiJQoQR2V0TGltaXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPgoRR2V0TGltaXRzUmVzcG9uc2USKQoGbGltaXRzGAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuTGltaXRzImAKF0NvbnN1bWVFeGVjdXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIyCgZidWNrZXQYAiABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQiRQoYQ29uc3VtZUV4ZWN1dGlvblJlc3BvbnNlEikKBmxpbWl0cxgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLkxpbWl0cyKTAQoKVG9rZW5FdmVudBIKCgJpZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDQoFYWN0b3IYBCABKAkSDQoFZXZlbnQYBSABKAkSDgoGcmVhc29uGAYgASgJEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJFChFMaXN0VG9rZW5zUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIoCgZ0b2tlbnMYASADKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhITCgtuZXh0X2N1cnNvchgCIAEoCSIwCg9HZXRUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJIjsKEEdldFRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbiJgChJSb3RhdGVUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJEhwKFGdyYWNlX3BlcmlvZF9zZWNvbmRzGAMgASgFEg0KBWFjdG9yGAQgASgJIk4KE1JvdGF0ZVRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhIOCgZzZWNyZXQYAiABKAkiUgoSUmV2b2tlVG9rZW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZyZWFzb24YBCABKAkiPgoTUmV2b2tlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuIlwKFkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEg0KBWxpbWl0GAMgASgFEg4KBmN1cnNvchgEIAEoCSJdChdMaXN0VG9rZW5FdmVudHNSZXNwb25zZRItCgZldmVudHMYASADKAsyHS5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJIugCChJDcmVhdGVUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEioKBGtpbmQYAiABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgDIAEoCRIPCgdwdXJwb3NlGAQgASgJEg4KBnNjb3BlcxgFIAMoCRIUCgx3b3JrZmxvd19pZHMYBiADKAkSMwoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARISCgpjcmVhdGVkX2J5GAggASgJEiIKFXJhdGVfbGltaXRfcGVyX21pbnV0ZRgJIAEoBUgBiAEBEiAKE2V4cGlyeV93YXJuaW5nX2RheXMYCiABKAVIAogBAUINCgtfZXhwaXJlc19hdEIYChZfcmF0ZV9saW1pdF9wZXJfbWludXRlQhYKFF9leHBpcnlfd2FybmluZ19kYXlzIk4KE0NyZWF0ZVRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhIOCgZzZWNyZXQYAiABKAkieQoTQ3JlYXRlVGVuYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBHBsYW4YAiABKA4yFy5mbG93cGxhbmUuYXV0aC52MS5QbGFuEhkKEWlzc3VlX2FkbWluX3Rva2VuGAMgASgIEhIKCmNyZWF0ZWRfYnkYBCABKAkihgEKFENyZWF0ZVRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLlRlbmFudBItCgthZG1pbl90b2tlbhgCIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEhQKDGFkbWluX3NlY3JldBgDIAEoCSIeChBHZXRUZW5hbnRSZXF1ZXN0EgoKAmlkGAEgASgJIj4KEUdldFRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLlRlbmFudCpqCg9FeGVjdXRpb25CdWNrZXQSIAocRVhFQ1VUSU9OX0JVQ0tFVF9VTlNQRUNJRklFRBAAEhkKFUVYRUNVVElPTl9CVUNLRVRfU1lOQxABEhoKFkVYRUNVVElPTl9CVUNLRVRfQVNZTkMQAipRCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhQKEFRPS0VOX0tJTkRfQURNSU4QARISCg5UT0tFTl9LSU5EX0FQUBACKl0KBFBsYW4SFAoQUExBTl9VTlNQRUNJRklFRBAAEg0KCVBMQU5fRlJFRRABEgwKCFBMQU5fUFJPEAISDQoJUExBTl9URUFNEAMSEwoPUExBTl9FTlRFUlBSSVNFEAQy3gYKC0F1dGhTZXJ2aWNlElYKCUF1dGhvcml6ZRIjLmZsb3dwbGFuZS5hdXRoLnYxLkF1dGhvcml6ZVJlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5BdXRob3JpemVSZXNwb25zZRJcCgtDcmVhdGVUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USVgoJR2V0TGltaXRzEiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0TGltaXRzUmVxdWVzdBokLmZsb3dwbGFuZS5hdXRoLnYxLkdldExpbWl0c1Jlc3BvbnNlEmsKEENvbnN1bWVFeGVjdXRpb24SKi5mbG93cGxhbmUuYXV0aC52MS5Db25zdW1lRXhlY3V0aW9uUmVxdWVzdBorLmZsb3dwbGFuZS5hdXRoLnYxLkNvbnN1bWVFeGVjdXRpb25SZXNwb25zZRJZCgpMaXN0VG9rZW5zEiQuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2Vuc1JlcXVlc3QaJS5mbG93cGxhbmUuYXV0aC52MS5MaXN0VG9rZW5zUmVzcG9uc2USUwoIR2V0VG9rZW4SIi5mbG93cGxhbmUuYXV0aC52MS5HZXRUb2tlblJlcXVlc3QaIy5mbG93cGxhbmUuYXV0aC52MS5HZXRUb2tlblJlc3BvbnNlElwKC1JvdGF0ZVRva2VuEiUuZmxvd3BsYW5lLmF1dGgudjEuUm90YXRlVG9rZW5SZXF1ZXN0GiYuZmxvd3BsYW5lLmF1dGgudjEuUm90YXRlVG9rZW5SZXNwb25zZRJcCgtSZXZva2VUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLlJldm9rZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLlJldm9rZVRva2VuUmVzcG9uc2USaAoPTGlzdFRva2VuRXZlbnRzEikuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2VuRXZlbnRzUmVxdWVzdBoqLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbkV2ZW50c1Jlc3BvbnNlMsgBCg1UZW5hbnRTZXJ2aWNlEl8KDENyZWF0ZVRlbmFudBImLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRlbmFudFJlcXVlc3QaJy5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUZW5hbnRSZXNwb25zZRJWCglHZXRUZW5hbnQSIy5mbG93cGxhbmUuYXV0aC52MS5HZXRUZW5hbnRSZXF1ZXN0GiQuZmxvd3BsYW5lLmF1dGgudjEuR2V0VGVuYW50UmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flowplane.auth.v1.Tenant
@@ -536,6 +536,49 @@ export const GetLimitsResponseSchema: GenMessage<GetLimitsResponse> = /*@__PURE_
   messageDesc(file_flowplane_auth_v1_auth, 12);
 
 /**
+ * @generated from message flowplane.auth.v1.ConsumeExecutionRequest
+ */
+export type ConsumeExecutionRequest = Message<"flowplane.auth.v1.ConsumeExecutionRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * SYNC or ASYNC.
+   *
+   * @generated from field: flowplane.auth.v1.ExecutionBucket bucket = 2;
+   */
+  bucket: ExecutionBucket;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ConsumeExecutionRequest.
+ * Use `create(ConsumeExecutionRequestSchema)` to create a new message.
+ */
+export const ConsumeExecutionRequestSchema: GenMessage<ConsumeExecutionRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 13);
+
+/**
+ * @generated from message flowplane.auth.v1.ConsumeExecutionResponse
+ */
+export type ConsumeExecutionResponse = Message<"flowplane.auth.v1.ConsumeExecutionResponse"> & {
+  /**
+   * The API-call bucket as it stands, the consumed execution bucket after consumption, and the usage.
+   *
+   * @generated from field: flowplane.auth.v1.Limits limits = 1;
+   */
+  limits?: Limits | undefined;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ConsumeExecutionResponse.
+ * Use `create(ConsumeExecutionResponseSchema)` to create a new message.
+ */
+export const ConsumeExecutionResponseSchema: GenMessage<ConsumeExecutionResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 14);
+
+/**
  * An audit record of a token.
  *
  * @generated from message flowplane.auth.v1.TokenEvent
@@ -588,7 +631,7 @@ export type TokenEvent = Message<"flowplane.auth.v1.TokenEvent"> & {
  * Use `create(TokenEventSchema)` to create a new message.
  */
 export const TokenEventSchema: GenMessage<TokenEvent> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 13);
+  messageDesc(file_flowplane_auth_v1_auth, 15);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokensRequest
@@ -619,7 +662,7 @@ export type ListTokensRequest = Message<"flowplane.auth.v1.ListTokensRequest"> &
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 14);
+  messageDesc(file_flowplane_auth_v1_auth, 16);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokensResponse
@@ -643,7 +686,7 @@ export type ListTokensResponse = Message<"flowplane.auth.v1.ListTokensResponse">
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 15);
+  messageDesc(file_flowplane_auth_v1_auth, 17);
 
 /**
  * @generated from message flowplane.auth.v1.GetTokenRequest
@@ -665,7 +708,7 @@ export type GetTokenRequest = Message<"flowplane.auth.v1.GetTokenRequest"> & {
  * Use `create(GetTokenRequestSchema)` to create a new message.
  */
 export const GetTokenRequestSchema: GenMessage<GetTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 16);
+  messageDesc(file_flowplane_auth_v1_auth, 18);
 
 /**
  * @generated from message flowplane.auth.v1.GetTokenResponse
@@ -682,7 +725,7 @@ export type GetTokenResponse = Message<"flowplane.auth.v1.GetTokenResponse"> & {
  * Use `create(GetTokenResponseSchema)` to create a new message.
  */
 export const GetTokenResponseSchema: GenMessage<GetTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 17);
+  messageDesc(file_flowplane_auth_v1_auth, 19);
 
 /**
  * @generated from message flowplane.auth.v1.RotateTokenRequest
@@ -718,7 +761,7 @@ export type RotateTokenRequest = Message<"flowplane.auth.v1.RotateTokenRequest">
  * Use `create(RotateTokenRequestSchema)` to create a new message.
  */
 export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 18);
+  messageDesc(file_flowplane_auth_v1_auth, 20);
 
 /**
  * @generated from message flowplane.auth.v1.RotateTokenResponse
@@ -742,7 +785,7 @@ export type RotateTokenResponse = Message<"flowplane.auth.v1.RotateTokenResponse
  * Use `create(RotateTokenResponseSchema)` to create a new message.
  */
 export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 19);
+  messageDesc(file_flowplane_auth_v1_auth, 21);
 
 /**
  * @generated from message flowplane.auth.v1.RevokeTokenRequest
@@ -776,7 +819,7 @@ export type RevokeTokenRequest = Message<"flowplane.auth.v1.RevokeTokenRequest">
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 20);
+  messageDesc(file_flowplane_auth_v1_auth, 22);
 
 /**
  * @generated from message flowplane.auth.v1.RevokeTokenResponse
@@ -793,7 +836,7 @@ export type RevokeTokenResponse = Message<"flowplane.auth.v1.RevokeTokenResponse
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 21);
+  messageDesc(file_flowplane_auth_v1_auth, 23);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokenEventsRequest
@@ -829,7 +872,7 @@ export type ListTokenEventsRequest = Message<"flowplane.auth.v1.ListTokenEventsR
  * Use `create(ListTokenEventsRequestSchema)` to create a new message.
  */
 export const ListTokenEventsRequestSchema: GenMessage<ListTokenEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 22);
+  messageDesc(file_flowplane_auth_v1_auth, 24);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokenEventsResponse
@@ -851,7 +894,7 @@ export type ListTokenEventsResponse = Message<"flowplane.auth.v1.ListTokenEvents
  * Use `create(ListTokenEventsResponseSchema)` to create a new message.
  */
 export const ListTokenEventsResponseSchema: GenMessage<ListTokenEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 23);
+  messageDesc(file_flowplane_auth_v1_auth, 25);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenRequest
@@ -919,7 +962,7 @@ export type CreateTokenRequest = Message<"flowplane.auth.v1.CreateTokenRequest">
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 24);
+  messageDesc(file_flowplane_auth_v1_auth, 26);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenResponse
@@ -943,7 +986,7 @@ export type CreateTokenResponse = Message<"flowplane.auth.v1.CreateTokenResponse
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 25);
+  messageDesc(file_flowplane_auth_v1_auth, 27);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantRequest
@@ -981,7 +1024,7 @@ export type CreateTenantRequest = Message<"flowplane.auth.v1.CreateTenantRequest
  * Use `create(CreateTenantRequestSchema)` to create a new message.
  */
 export const CreateTenantRequestSchema: GenMessage<CreateTenantRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 26);
+  messageDesc(file_flowplane_auth_v1_auth, 28);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantResponse
@@ -1012,7 +1055,7 @@ export type CreateTenantResponse = Message<"flowplane.auth.v1.CreateTenantRespon
  * Use `create(CreateTenantResponseSchema)` to create a new message.
  */
 export const CreateTenantResponseSchema: GenMessage<CreateTenantResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 27);
+  messageDesc(file_flowplane_auth_v1_auth, 29);
 
 /**
  * @generated from message flowplane.auth.v1.GetTenantRequest
@@ -1029,7 +1072,7 @@ export type GetTenantRequest = Message<"flowplane.auth.v1.GetTenantRequest"> & {
  * Use `create(GetTenantRequestSchema)` to create a new message.
  */
 export const GetTenantRequestSchema: GenMessage<GetTenantRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 28);
+  messageDesc(file_flowplane_auth_v1_auth, 30);
 
 /**
  * @generated from message flowplane.auth.v1.GetTenantResponse
@@ -1046,7 +1089,7 @@ export type GetTenantResponse = Message<"flowplane.auth.v1.GetTenantResponse"> &
  * Use `create(GetTenantResponseSchema)` to create a new message.
  */
 export const GetTenantResponseSchema: GenMessage<GetTenantResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 29);
+  messageDesc(file_flowplane_auth_v1_auth, 31);
 
 /**
  * Which workflow-execution bucket a request consumes, besides the API-call bucket.
@@ -1187,6 +1230,20 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof GetLimitsRequestSchema;
     output: typeof GetLimitsResponseSchema;
+  },
+  /**
+   * ConsumeExecution consumes one token of a tenant's execution bucket for a run that no API key
+   * started (inbound webhooks, schedules), with the same checks as Authorize with a bucket: a tenant
+   * over its billing-period usage limit gets FAILED_PRECONDITION "insufficient credits", an empty
+   * bucket RESOURCE_EXHAUSTED with a RateLimitExceeded detail. The API-call bucket is not consumed.
+   * NOT_FOUND for an unknown tenant.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.ConsumeExecution
+   */
+  consumeExecution: {
+    methodKind: "unary";
+    input: typeof ConsumeExecutionRequestSchema;
+    output: typeof ConsumeExecutionResponseSchema;
   },
   /**
    * ListTokens lists a tenant's tokens (revoked ones included), oldest first. Never returns secrets.
