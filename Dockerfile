@@ -15,5 +15,6 @@ COPY services ./services
 COPY gateway ./gateway
 
 USER node
-EXPOSE 8080 50051 50052 50053 50054
+# API ports (gateway 8080, services 50051-50054) and admin ports (/healthz, /readyz, /metrics: 9450-9454).
+EXPOSE 8080 50051 50052 50053 50054 9450 9451 9452 9453 9454
 CMD ["node", "--import", "tsx", "gateway/main.ts"]

@@ -18,7 +18,15 @@ import {
 import { createRpcClient } from "../../services/platform/rpc.js";
 import { bootstrapDemo } from "./bootstrap.js";
 import { demoInput } from "./demo-workflow.js";
-import { entryPoint, REPO_ROOT, SERVICE_NAMES, type Stack, startStack, tsxNodeArgs } from "./stack.js";
+import {
+  entryPoint,
+  MAX_REPLICAS,
+  REPO_ROOT,
+  SERVICE_NAMES,
+  type Stack,
+  startStack,
+  tsxNodeArgs,
+} from "./stack.js";
 
 /** Wrong invocation: the message and the command's usage go to stderr, exit code 2. */
 class UsageError extends Error {
@@ -45,7 +53,7 @@ Commands:
 
 Run \`flowplane <command> --help\` for a command's options.`;
 
-const DEV_USAGE = `Usage: flowplane dev [--data-dir DIR] [--verbose]
+const DEV_USAGE = `Usage: flowplane dev [--data-dir DIR] [--replicas N] [--verbose]
 
 Starts PostgreSQL (DATABASE_URL, else an embedded one), NATS (NATS_URL, else nats-server -js from
 PATH), the auth, executor, logs and notifier services, then the gateway. On first run it creates a
@@ -54,10 +62,13 @@ call it. Ctrl-C stops everything.
 
 Options:
   --data-dir DIR   embedded database, NATS store, logs and dev.json (default: .flowplane)
+  --replicas N     run N executors, N notifiers and N gateways on the same database and NATS
+                   (default: FLOWPLANE_REPLICAS, else 1); the gateway printed is the first one
   --verbose        stream the services' logs to the terminal instead of <data-dir>/logs/
 
 Environment: DATABASE_URL, NATS_URL, FLOWPLANE_NAMESPACE (default flowplane), LOG_LEVEL,
-AUTH_PORT, EXECUTOR_PORT, LOGS_PORT, NOTIFIER_PORT (default 50051-50054), GATEWAY_PORT (default 8080).`;
+AUTH_PORT, EXECUTOR_PORT, LOGS_PORT, NOTIFIER_PORT (default 50051-50054), GATEWAY_PORT (default 8080),
+FLOWPLANE_REPLICAS. Replicas after the first listen on ports the system picks.`;
 
 const MIGRATE_USAGE = `Usage: flowplane migrate
 
@@ -579,6 +590,11 @@ const devSettings = {
   logs: env.int("LOGS_PORT", "port of the logs service", { default: 50053, min: 0, max: 65535 }),
   notifier: env.int("NOTIFIER_PORT", "port of the notifier service", { default: 50054, min: 0, max: 65535 }),
   gateway: env.int("GATEWAY_PORT", "port of the REST gateway", { default: 8080, min: 0, max: 65535 }),
+  replicas: env.int("FLOWPLANE_REPLICAS", "processes of executor, notifier and gateway", {
+    default: 1,
+    min: 1,
+    max: MAX_REPLICAS,
+  }),
   logLevel: env.oneOf(
     "LOG_LEVEL",
     "log level of every process",
@@ -595,6 +611,7 @@ async function dev(args: string[]): Promise<number> {
         strict: true,
         options: {
           "data-dir": { type: "string" },
+          replicas: { type: "string" },
           verbose: { type: "boolean" },
           help: { type: "boolean" },
         },
@@ -602,7 +619,11 @@ async function dev(args: string[]): Promise<number> {
     DEV_USAGE,
   );
   if (values.help) return printUsage(DEV_USAGE);
-  const { logLevel, ...ports } = loadConfig(devSettings);
+  const { logLevel, replicas: replicasFromEnv, ...ports } = loadConfig(devSettings);
+  const replicas = values.replicas === undefined ? replicasFromEnv : Number(values.replicas);
+  if (!Number.isSafeInteger(replicas) || replicas < 1 || replicas > MAX_REPLICAS) {
+    throw new UsageError(`--replicas must be an integer from 1 to ${MAX_REPLICAS}`, DEV_USAGE);
+  }
   const dataDir = path.resolve(values["data-dir"] ?? ".flowplane");
   const logDir = values.verbose ? undefined : path.join(dataDir, "logs");
 
@@ -634,6 +655,7 @@ async function dev(args: string[]): Promise<number> {
       dataDir,
       logDir,
       ports,
+      replicas,
       logLevel,
       // Keys minted on a developer's machine say so: fp_test_….
       env: { AUTH_KEY_ENV: process.env.AUTH_KEY_ENV?.trim() || "test" },
@@ -666,6 +688,7 @@ async function dev(args: string[]): Promise<number> {
   print(`Flowplane is running (started in ${((Date.now() - started) / 1000).toFixed(1)} s).`);
   print();
   print(`  Gateway     ${url}`);
+  for (const other of stack.gatewayUrls.slice(1)) print(`              ${other} (replica)`);
   print(`  API key     ${demo.apiKey}`);
   print(`  Workspace   ${demo.workspaceId}`);
   print(`  Workflow    ${demo.workflowId} (Demo: greet)`);

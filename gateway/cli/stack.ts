@@ -42,6 +42,33 @@ const ADMIN_PORT_VARIABLES: Record<ProcessName, string> = {
   gateway: "GATEWAY_ADMIN_PORT",
 };
 
+/** Processes that may run as several replicas sharing the database and NATS. */
+export const REPLICATED_PROCESSES = ["executor", "notifier", "gateway"] as const;
+export type ReplicatedProcess = (typeof REPLICATED_PROCESSES)[number];
+export const MAX_REPLICAS = 16;
+
+/** Replica counts per process from a single number (executor, notifier and gateway) or a record. */
+export function replicaCounts(
+  replicas: number | Partial<Record<ReplicatedProcess, number>> | undefined,
+): Record<ProcessName, number> {
+  const counts: Record<ProcessName, number> = { auth: 1, executor: 1, logs: 1, notifier: 1, gateway: 1 };
+  const asked: Partial<Record<ReplicatedProcess, number>> =
+    typeof replicas === "number"
+      ? Object.fromEntries(REPLICATED_PROCESSES.map((name) => [name, replicas]))
+      : (replicas ?? {});
+  for (const [name, count] of Object.entries(asked)) {
+    if (!(REPLICATED_PROCESSES as readonly string[]).includes(name)) {
+      throw new Error(`replicas: ${name} cannot be replicated; only ${REPLICATED_PROCESSES.join(", ")} can`);
+    }
+    if (count === undefined) continue;
+    if (!Number.isSafeInteger(count) || count < 1 || count > MAX_REPLICAS) {
+      throw new Error(`replicas: ${name} must be an integer from 1 to ${MAX_REPLICAS}, got ${count}`);
+    }
+    counts[name as ReplicatedProcess] = count;
+  }
+  return counts;
+}
+
 export const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
 /** The file a process runs: `services/<name>/main.ts` or `gateway/main.ts`. */
@@ -74,7 +101,16 @@ export interface StackOptions {
    * stacks on other ports never collide).
    */
   adminPorts?: Partial<Record<ProcessName, number>>;
-  /** When set, each child's stdout and stderr go to `<logDir>/<name>.log` instead of the terminal. */
+  /**
+   * Processes of executor, notifier and gateway (a number sets all three); default 1 each. Replica 0
+   * keeps the configured ports; the others take port 0 for both the API and the admin port. Gateway
+   * replica i talks to executor and notifier replica i (modulo their counts).
+   */
+  replicas?: number | Partial<Record<ReplicatedProcess, number>>;
+  /**
+   * When set, each child's stdout and stderr go to `<logDir>/<name>.log` (`<name>-<i>.log` when the
+   * process has several replicas) instead of the terminal.
+   */
   logDir?: string;
   /** Extra environment for every child. */
   env?: Record<string, string>;
@@ -89,26 +125,40 @@ export interface StackOptions {
 }
 
 export interface Stack {
+  /** The first gateway. */
   gatewayUrl: string;
+  /** Every gateway replica, replica 0 first. */
+  gatewayUrls: string[];
+  /** API base URLs of every replica of each process, replica 0 first. */
+  replicaUrls: Record<ProcessName, string[]>;
+  /** Admin base URLs of every replica of each process, replica 0 first. */
+  replicaAdminUrls: Record<ProcessName, string[]>;
+  /** Replica 0 of each service. */
   serviceUrls: Record<ServiceName, string>;
-  /** Base URLs of each process's admin port (`${url}/readyz`, `${url}/metrics`). */
+  /** Base URLs of each process's admin port (`${url}/readyz`, `${url}/metrics`); replica 0. */
   adminUrls: Record<ProcessName, string>;
   databaseUrl: string;
   natsUrl: string;
   namespace: string;
   dataDir: string;
-  /** Process ids of the running children (for tests and diagnostics). */
+  /** Process ids of the running children, replica 0 of each (for tests and diagnostics). */
   pids(): Partial<Record<ProcessName, number>>;
-  /** Stops one process (SIGTERM, then SIGKILL after the deadline). */
-  stopProcess(name: ProcessName): Promise<void>;
-  /** Starts a stopped process again with the same environment and port; resolves when it is ready. */
-  startProcess(name: ProcessName): Promise<void>;
+  /** Stops one process, replica 0 unless told (SIGTERM, then SIGKILL after the deadline). */
+  stopProcess(name: ProcessName, replica?: number): Promise<void>;
+  /**
+   * Starts a stopped process (replica 0 unless told) again with the same environment and port;
+   * resolves when it is ready.
+   */
+  startProcess(name: ProcessName, replica?: number): Promise<void>;
   /** Stops every child, then the nats-server and PostgreSQL it started itself. */
   stop(): Promise<void>;
 }
 
 interface ChildState {
   name: ProcessName;
+  replica: number;
+  /** `<name>` for a single process, `<name>-<i>` for one of several replicas: messages and log file. */
+  label: string;
   env: Record<string, string>;
   child?: ChildProcess;
   /** Resolves once the child has exited and its output is flushed. */
@@ -153,6 +203,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   const readyTimeoutMs = options.readyTimeoutMs ?? 60_000;
   const stopTimeoutMs = options.stopTimeoutMs ?? 15_000;
   const ports = { ...DEFAULT_PORTS, ...options.ports };
+  const counts = replicaCounts(options.replicas);
   const adminPortOf = (name: ProcessName): number => {
     const fromEnv = Number.parseInt(process.env[ADMIN_PORT_VARIABLES[name]] ?? "", 10);
     if (options.adminPorts?.[name] !== undefined) return options.adminPorts[name];
@@ -168,7 +219,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
   const unlock = await lockDataDir(dataDir);
   const ownedServers: LocalServer[] = [];
-  const children = new Map<ProcessName, ChildState>();
+  const children = new Map<string, ChildState>();
+  const keyOf = (name: ProcessName, replica: number) => `${name}/${replica}`;
   const nodeArgs = tsxNodeArgs();
 
   // Last resort when the launcher exits without stop(): IPC closing already stops the children,
@@ -192,7 +244,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     state.child = child;
     state.stopping = false;
     if (options.logDir && !state.log) {
-      state.log = createWriteStream(path.join(options.logDir, `${state.name}.log`), { flags: "a" });
+      state.log = createWriteStream(path.join(options.logDir, `${state.label}.log`), { flags: "a" });
     }
     const forward = (terminal: NodeJS.WriteStream) => (chunk: Buffer) => {
       state.tail.push(chunk);
@@ -220,8 +272,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
       let ready = false;
       const failed = (why: string) => {
         const tail = state.tail.text();
-        const where = options.logDir ? path.join(options.logDir, `${state.name}.log`) : "its output";
-        reject(new Error(`${state.name} ${why}${tail ? `; last lines of ${where}:\n${indent(tail)}` : ""}`));
+        const where = options.logDir ? path.join(options.logDir, `${state.label}.log`) : "its output";
+        reject(new Error(`${state.label} ${why}${tail ? `; last lines of ${where}:\n${indent(tail)}` : ""}`));
       };
       const timer = setTimeout(() => {
         if (ready) return;
@@ -260,7 +312,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
         if (!state.stopping) {
           const tail = state.tail.text();
           report(
-            `flowplane: ${state.name} ${exitReason ?? "exited"} unexpectedly${tail ? `; last lines:\n${indent(tail)}` : ""}`,
+            `flowplane: ${state.label} ${exitReason ?? "exited"} unexpectedly${tail ? `; last lines:\n${indent(tail)}` : ""}`,
           );
         }
       });
@@ -283,9 +335,10 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   };
 
   const stopChildren = async () => {
-    // The gateway first, so no request reaches a service that is already going away.
-    const gateway = children.get("gateway");
-    if (gateway) await terminate(gateway);
+    // The gateways first, so no request reaches a service that is already going away.
+    await Promise.all(
+      [...children.values()].filter((state) => state.name === "gateway").map((state) => terminate(state)),
+    );
     await Promise.all([...children.values()].map((state) => terminate(state)));
     await Promise.all(
       [...children.values()].map(
@@ -330,31 +383,34 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     FLOWPLANE_NAMESPACE: namespace,
     ...(options.logLevel ? { LOG_LEVEL: options.logLevel } : {}),
   };
-  const newState = (name: ProcessName, env: Record<string, string>): ChildState => {
-    const state: ChildState = { name, env, tail: new OutputTail(), stopping: false };
-    children.set(name, state);
+  const newState = (name: ProcessName, replica: number, env: Record<string, string>): ChildState => {
+    const label = counts[name] > 1 ? `${name}-${replica}` : name;
+    const state: ChildState = { name, replica, label, env, tail: new OutputTail(), stopping: false };
+    children.set(keyOf(name, replica), state);
     return state;
   };
-  const urlOf = (name: ProcessName) => `http://127.0.0.1:${children.get(name)?.port}`;
-  const adminUrlOf = (name: ProcessName) => `http://127.0.0.1:${children.get(name)?.adminPort}`;
+  const replicaIndexes = (name: ProcessName) => Array.from({ length: counts[name] }, (_, i) => i);
+  const urlOf = (name: ProcessName, replica = 0) =>
+    `http://127.0.0.1:${children.get(keyOf(name, replica))?.port}`;
+  const adminUrlOf = (name: ProcessName, replica = 0) =>
+    `http://127.0.0.1:${children.get(keyOf(name, replica))?.adminPort}`;
 
-  const serviceEnv = (name: ProcessName, extra: Record<string, string> = {}) => ({
+  // Replicas after the first take port 0: they would collide on the configured one.
+  const serviceEnv = (name: ProcessName, replica: number, extra: Record<string, string> = {}) => ({
     ...commonEnv,
-    [PORT_VARIABLES[name]]: String(ports[name]),
-    [ADMIN_PORT_VARIABLES[name]]: String(adminPorts[name]),
+    [PORT_VARIABLES[name]]: String(replica === 0 ? ports[name] : 0),
+    [ADMIN_PORT_VARIABLES[name]]: String(replica === 0 ? adminPorts[name] : 0),
     ...extra,
   });
   try {
-    // Auth first: logs (plans for retention) and the notifier (limits in payloads) need its real
-    // address, which is only known once it reports ready when its port is 0.
-    await spawnChild(newState("auth", serviceEnv("auth")));
+    // Auth first: logs (plans for retention), the notifier (limits in payloads) and the executor
+    // (execution tokens of hook and schedule runs) need its real address, which is only known once
+    // it reports ready when its port is 0.
+    await spawnChild(newState("auth", 0, serviceEnv("auth", 0)));
     const started = await Promise.allSettled(
-      SERVICE_NAMES.filter((name) => name !== "auth").map((name) =>
-        spawnChild(
-          newState(
-            name,
-            serviceEnv(name, name === "notifier" || name === "logs" ? { AUTH_URL: urlOf("auth") } : {}),
-          ),
+      SERVICE_NAMES.filter((name) => name !== "auth").flatMap((name) =>
+        replicaIndexes(name).map((replica) =>
+          spawnChild(newState(name, replica, serviceEnv(name, replica, { AUTH_URL: urlOf("auth") }))),
         ),
       ),
     );
@@ -362,17 +418,31 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     if (failures.length > 0) {
       throw new Error(failures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"));
     }
-    await spawnChild(
-      newState("gateway", {
-        ...commonEnv,
-        GATEWAY_PORT: String(ports.gateway),
-        GATEWAY_ADMIN_PORT: String(adminPorts.gateway),
-        AUTH_URL: urlOf("auth"),
-        EXECUTOR_URL: urlOf("executor"),
-        LOGS_URL: urlOf("logs"),
-        NOTIFIER_URL: urlOf("notifier"),
-      }),
+    // Gateway replica i talks to executor and notifier replica i, so every replica takes traffic.
+    const gateways = await Promise.allSettled(
+      replicaIndexes("gateway").map((replica) =>
+        spawnChild(
+          newState(
+            "gateway",
+            replica,
+            serviceEnv("gateway", replica, {
+              AUTH_URL: urlOf("auth"),
+              EXECUTOR_URL: urlOf("executor", replica % counts.executor),
+              LOGS_URL: urlOf("logs"),
+              NOTIFIER_URL: urlOf("notifier", replica % counts.notifier),
+            }),
+          ),
+        ),
+      ),
     );
+    const gatewayFailures = gateways.flatMap((result) =>
+      result.status === "rejected" ? [result.reason] : [],
+    );
+    if (gatewayFailures.length > 0) {
+      throw new Error(
+        gatewayFailures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"),
+      );
+    }
   } catch (err) {
     await stopChildren();
     await stopInfrastructure();
@@ -382,13 +452,24 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   }
 
   let stopping: Promise<void> | undefined;
-  const stateOf = (name: ProcessName): ChildState => {
-    const state = children.get(name);
-    if (!state) throw new Error(`unknown process ${name}; expected one of ${PROCESS_NAMES.join(", ")}`);
+  const stateOf = (name: ProcessName, replica: number): ChildState => {
+    if (!PROCESS_NAMES.includes(name)) {
+      throw new Error(`unknown process ${name}; expected one of ${PROCESS_NAMES.join(", ")}`);
+    }
+    const state = children.get(keyOf(name, replica));
+    if (!state) throw new Error(`${name} has no replica ${replica}; it runs ${counts[name]}`);
     return state;
   };
+  const perProcess = (of: (name: ProcessName, replica: number) => string) =>
+    Object.fromEntries(
+      PROCESS_NAMES.map((name) => [name, replicaIndexes(name).map((replica) => of(name, replica))]),
+    ) as Record<ProcessName, string[]>;
+  const replicaUrls = perProcess(urlOf);
   return {
     gatewayUrl: urlOf("gateway"),
+    gatewayUrls: replicaUrls.gateway,
+    replicaUrls,
+    replicaAdminUrls: perProcess(adminUrlOf),
     serviceUrls: {
       auth: urlOf("auth"),
       executor: urlOf("executor"),
@@ -408,18 +489,18 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     dataDir,
     pids() {
       const out: Partial<Record<ProcessName, number>> = {};
-      for (const [name, state] of children) {
-        if (state.child?.pid !== undefined) out[name] = state.child.pid;
+      for (const state of children.values()) {
+        if (state.replica === 0 && state.child?.pid !== undefined) out[state.name] = state.child.pid;
       }
       return out;
     },
-    async stopProcess(name) {
-      await terminate(stateOf(name));
+    async stopProcess(name, replica = 0) {
+      await terminate(stateOf(name, replica));
     },
-    async startProcess(name) {
-      const state = stateOf(name);
+    async startProcess(name, replica = 0) {
+      const state = stateOf(name, replica);
       if (stopping) throw new Error("the stack is stopping");
-      if (state.child) throw new Error(`${name} is already running (pid ${state.child.pid})`);
+      if (state.child) throw new Error(`${state.label} is already running (pid ${state.child.pid})`);
       await spawnChild(state);
     },
     stop() {
