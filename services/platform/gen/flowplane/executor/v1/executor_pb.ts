@@ -1295,8 +1295,12 @@ export const ExecutionService: GenService<{
   /**
    * Execute runs a workflow version synchronously. The input is checked against the input block
    * (INVALID_ARGUMENT naming the field); an unknown workflow, version or a foreign conversation is
-   * NOT_FOUND. A run whose own blocks fail still answers OK with status ERROR and `error` set: the
-   * execution was accepted, recorded and published.
+   * NOT_FOUND. The execution is stored as RUNNING when the run starts, so it can be watched
+   * (WatchExecution) and cancelled (CancelExecution) while the caller waits. A run whose own blocks
+   * fail, or that is cancelled, still answers OK with status ERROR and `error` set: the execution was
+   * accepted, recorded and published. With an idempotency_key, a repeat of the same request within
+   * 24 h answers the first response (idempotent_replay) and another request with the key is
+   * ALREADY_EXISTS.
    *
    * @generated from rpc flowplane.executor.v1.ExecutionService.Execute
    */
