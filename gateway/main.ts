@@ -3,6 +3,7 @@ import { ConfigError, loadConfig } from "../services/platform/config.js";
 import { Health, ServingStatus } from "../services/platform/health.js";
 import { createLogger } from "../services/platform/log.js";
 import { createRpcClient } from "../services/platform/rpc.js";
+import { flushTelemetry, setupTelemetry } from "../services/platform/telemetry.js";
 import { buildGateway } from "./app.js";
 import { createGatewayClients } from "./clients.js";
 import { type GatewayConfig, gatewaySettings } from "./config.js";
@@ -20,6 +21,7 @@ async function main(): Promise<void> {
     process.stderr.write(`gateway: ${err.message}\n`);
     process.exit(2);
   }
+  setupTelemetry({ serviceName: config.otelServiceName || "gateway", otlpEndpoint: config.otlpEndpoint });
   // The request logger already carries requestId; the context adds the tenant.
   const log = createLogger("gateway", config.logLevel, { requestIdFromContext: false });
   const app = buildGateway({ config, log, clients: createGatewayClients(config) });
@@ -52,6 +54,7 @@ async function main(): Promise<void> {
     app
       .close()
       .then(() => admin.close())
+      .then(() => flushTelemetry())
       .then(
         () => process.exit(0),
         (err: unknown) => {

@@ -150,6 +150,17 @@ export const commonSettings = {
     ["fatal", "error", "warn", "info", "debug", "trace", "silent"] as const,
     "info",
   ),
+  otlpEndpoint: env.url(
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OpenTelemetry collector base URL; traces go to <url>/v1/traces (OTLP/HTTP); empty turns tracing off",
+    ["http", "https"],
+    "",
+  ),
+  otelServiceName: env.string(
+    "OTEL_SERVICE_NAME",
+    "service.name of this process's traces; empty means the process name (gateway, auth, executor, …)",
+    "",
+  ),
   shutdownTimeoutMs: env.int("SHUTDOWN_TIMEOUT_MS", "how long a process drains in-flight work on SIGTERM", {
     default: 10_000,
     min: 0,

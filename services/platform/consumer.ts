@@ -1,8 +1,9 @@
 import { type DescMessage, fromBinary, type MessageShape } from "@bufbuild/protobuf";
 import type { ConsumerConfig, ConsumerMessages, JetStreamClient, JetStreamManager, JsMsg } from "nats";
 import type { Logger } from "./log.js";
-import { consumerMessages } from "./metrics.js";
+import { consumerMessages, consumerRedeliveries, trackQueueDepth } from "./metrics.js";
 import { ensureDurableConsumer, ensureStream } from "./nats.js";
+import { contextFromHeaders, inSpan, type Link, linkFromHeaders, SpanKind } from "./telemetry.js";
 
 /** Thrown by a handler for a message that can never be processed: it is terminated, not redelivered. */
 export class UnusableMessageError extends Error {}
@@ -83,10 +84,33 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
   const stream = opts.stream.name;
   await ensureStream(jsm, opts.stream);
   await ensureDurableConsumer(jsm, stream, durable, opts.consumerConfig);
+  const untrackQueueDepth = trackQueueDepth(stream, durable, async () => {
+    const info = await jsm.consumers.info(stream, durable);
+    return { undelivered: info.num_pending, unacked: info.num_ack_pending };
+  });
+  // Spans are named after the service whose logger this is ("service" is the logger's base field).
+  const service = String((log.bindings() as { service?: unknown }).service ?? "consumer");
+  const spanAttributes = { "messaging.system": "nats", "messaging.consumer.group.name": durable };
+  const headerOf = (m: JsMsg) => (name: string) => m.headers?.get(name);
+  const countRedelivery = (m: JsMsg) => {
+    if (m.info.deliveryCount > 1) consumerRedeliveries.inc({ consumer: durable });
+  };
 
-  const processMessage = async (m: JsMsg) => {
+  const processMessage = async (m: JsMsg, counted = false) => {
+    if (!counted) countRedelivery(m);
     try {
-      await opts.handle(m);
+      // The handling continues the publisher's trace (its traceparent header).
+      await inSpan(
+        service,
+        `${durable} process`,
+        {
+          kind: SpanKind.CONSUMER,
+          parent: contextFromHeaders(headerOf(m)),
+          attributes: { ...spanAttributes, "messaging.destination.name": m.subject },
+          isFailure: (err) => !(err instanceof RetryLaterError),
+        },
+        () => opts.handle(m),
+      );
       m.ack();
       consumerMessages.inc({ consumer: durable, outcome: "acked" });
     } catch (err) {
@@ -113,11 +137,23 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
   const maxBatch = Math.max(1, opts.maxBatch ?? 64);
   const processBatch = async (batch: JsMsg[], handleBatch: (messages: JsMsg[]) => Promise<void>) => {
     if (batch.length === 1) return processMessage(batch[0]!);
+    for (const m of batch) countRedelivery(m);
     try {
-      await handleBatch(batch);
+      // One span for the batch, linked to the trace of each message in it.
+      const links = batch.map((m) => linkFromHeaders(headerOf(m))).filter((l): l is Link => l !== undefined);
+      await inSpan(
+        service,
+        `${durable} process batch`,
+        {
+          kind: SpanKind.CONSUMER,
+          links,
+          attributes: { ...spanAttributes, "messaging.batch.message_count": batch.length },
+        },
+        () => handleBatch(batch),
+      );
     } catch (err) {
       log.warn({ err, consumer: durable, size: batch.length }, "batch failed; processing one by one");
-      for (const m of batch) await processMessage(m);
+      for (const m of batch) await processMessage(m, true);
       return;
     }
     for (const m of batch) m.ack();
@@ -216,6 +252,7 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
     },
     async stop() {
       stopping = true;
+      untrackQueueDepth();
       consumersByClient.get(js)?.delete(handle);
       messages?.stop();
       wake();

@@ -1,5 +1,6 @@
 import { AsyncLocalStorage } from "node:async_hooks";
 import pino, { type Logger } from "pino";
+import { currentTraceId } from "./telemetry.js";
 
 export type { Logger };
 
@@ -13,7 +14,7 @@ export interface RequestContext {
 export const requestContext = new AsyncLocalStorage<RequestContext>();
 
 /**
- * JSON logs with the service name on every line, and the request and tenant ids of the request being
+ * JSON logs with the service name on every line, and the request, tenant and trace ids of the request being
  * served (the gateway's request logger already carries `requestId`, so it asks only for the tenant);
  * keys and secrets are redacted wherever they appear.
  */
@@ -28,11 +29,13 @@ export function createLogger(
     base: { service },
     timestamp: pino.stdTimeFunctions.isoTime,
     mixin() {
+      const traceId = currentTraceId();
       const current = requestContext.getStore();
-      if (!current) return {};
-      const fields: RequestContext = {};
+      if (!current) return traceId ? { traceId } : {};
+      const fields: RequestContext & { traceId?: string } = {};
       if (withRequestId && current.requestId) fields.requestId = current.requestId;
       if (current.tenantId) fields.tenantId = current.tenantId;
+      if (traceId) fields.traceId = traceId;
       return fields;
     },
     redact: {

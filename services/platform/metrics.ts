@@ -150,3 +150,75 @@ export function rpcContextPropagation(): Interceptor {
     return next(req);
   };
 }
+
+export const consumerRedeliveries = new Counter({
+  name: "flowplane_consumer_redeliveries_total",
+  help: "JetStream messages received again after an earlier delivery (delivery count > 1), by consumer",
+  labelNames: ["consumer"] as const,
+  registers: [metricsRegistry],
+});
+
+/** Messages of one durable consumer still to process, as JetStream reports them. */
+export interface QueueDepth {
+  /** Not delivered to any subscriber yet (num_pending). */
+  undelivered: number;
+  /** Delivered and not acknowledged yet (num_ack_pending). */
+  unacked: number;
+}
+
+const QUEUE_DEPTH_TIMEOUT_MS = 1_000;
+const queueDepthSources = new Map<
+  string,
+  { stream: string; consumer: string; read: () => Promise<QueueDepth>; refs: number }
+>();
+
+new Gauge({
+  name: "flowplane_consumer_queue_depth",
+  help: "messages waiting for a durable consumer, read from JetStream at scrape time: undelivered (num_pending) and unacked (num_ack_pending)",
+  labelNames: ["stream", "consumer", "state"] as const,
+  registers: [metricsRegistry],
+  async collect() {
+    this.reset();
+    await Promise.all(
+      [...queueDepthSources.values()].map(async ({ stream, consumer, read }) => {
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          const depth = await Promise.race([
+            read(),
+            new Promise<never>((_, reject) => {
+              timer = setTimeout(() => reject(new Error("timeout")), QUEUE_DEPTH_TIMEOUT_MS);
+            }),
+          ]);
+          this.set({ stream, consumer, state: "undelivered" }, depth.undelivered);
+          this.set({ stream, consumer, state: "unacked" }, depth.unacked);
+        } catch {
+          // NATS unreachable: no sample rather than a stale or made-up one (readiness reports it).
+        } finally {
+          clearTimeout(timer);
+        }
+      }),
+    );
+  },
+});
+
+/**
+ * Reports a durable consumer's queue depth on every scrape until the returned function is called;
+ * several loops of one consumer in a process share one source.
+ */
+export function trackQueueDepth(
+  stream: string,
+  consumer: string,
+  read: () => Promise<QueueDepth>,
+): () => void {
+  const key = `${stream}/${consumer}`;
+  const existing = queueDepthSources.get(key);
+  if (existing) existing.refs++;
+  else queueDepthSources.set(key, { stream, consumer, read, refs: 1 });
+  let released = false;
+  return () => {
+    if (released) return;
+    released = true;
+    const source = queueDepthSources.get(key);
+    if (source && --source.refs === 0) queueDepthSources.delete(key);
+  };
+}

@@ -3,14 +3,18 @@ import {
   type ConsumerConfig,
   connect,
   DeliverPolicy,
+  type JetStreamClient,
   type JetStreamManager,
+  type JetStreamPublishOptions,
   type NatsConnection,
   NatsError,
   nanos,
+  headers as natsHeaders,
   RetentionPolicy,
   StorageType,
   type StreamConfig,
 } from "nats";
+import { inSpan, SpanKind, traceHeaders, tracingEnabled } from "./telemetry.js";
 
 export async function connectNats(url: string, name: string): Promise<NatsConnection> {
   return connect({ servers: url, name, maxReconnectAttempts: -1, reconnectTimeWait: 500 });
@@ -97,4 +101,35 @@ export async function ensureDurableConsumer(
     if (!isNotFound(err)) throw err;
     await jsm.consumers.add(stream, full);
   }
+}
+
+/**
+ * The JetStream client a service is given: each publish gets a producer span and carries the active
+ * trace in its `traceparent` header, so the consumer (consumer.ts) continues the trace. The same
+ * client when tracing is off.
+ */
+export function tracedJetStream(js: JetStreamClient, service: string): JetStreamClient {
+  if (!tracingEnabled()) return js;
+  const publish: JetStreamClient["publish"] = (subject, payload, options) =>
+    inSpan(
+      service,
+      `publish ${subject}`,
+      {
+        kind: SpanKind.PRODUCER,
+        attributes: { "messaging.system": "nats", "messaging.destination.name": subject },
+      },
+      () => {
+        const hdrs = options?.headers ?? natsHeaders();
+        for (const [name, value] of Object.entries(traceHeaders())) hdrs.set(name, value);
+        const withTrace: Partial<JetStreamPublishOptions> = { ...options, headers: hdrs };
+        return js.publish(subject, payload, withTrace);
+      },
+    );
+  return new Proxy(js, {
+    get(target, property) {
+      if (property === "publish") return publish;
+      const value = Reflect.get(target, property);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
 }

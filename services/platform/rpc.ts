@@ -11,6 +11,63 @@ import {
 } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport } from "@connectrpc/connect-node";
 import { rpcContextPropagation } from "./metrics.js";
+import { contextFromHeaders, inSpan, SpanKind, traceHeaders, tracingEnabled } from "./telemetry.js";
+
+function rpcAttributes(req: { service: DescService; method: { name: string } }) {
+  return { "rpc.system": "connect_rpc", "rpc.service": req.service.typeName, "rpc.method": req.method.name };
+}
+
+/**
+ * Client span per call, its traceparent sent in the request headers so the callee continues the
+ * trace. Only unary calls get a span: a stream lives as long as its watcher.
+ */
+export function rpcClientTracing(): Interceptor {
+  return (next) => async (req) => {
+    if (!tracingEnabled()) return next(req);
+    if (req.stream) {
+      for (const [name, value] of Object.entries(traceHeaders())) req.header.set(name, value);
+      return next(req);
+    }
+    const name = `${req.service.typeName}/${req.method.name}`;
+    return inSpan("rpc-client", name, { kind: SpanKind.CLIENT, attributes: rpcAttributes(req) }, (span) => {
+      for (const [header, value] of Object.entries(traceHeaders())) req.header.set(header, value);
+      return next(req).catch((err: unknown) => {
+        span?.setAttribute("rpc.connect_rpc.error_code", Code[ConnectError.from(err).code] ?? "unknown");
+        throw err;
+      });
+    });
+  };
+}
+
+const SERVER_FAULTS = new Set([Code.Internal, Code.Unknown, Code.Unavailable, Code.DataLoss]);
+
+/**
+ * Outermost server interceptor of `service`: continues the caller's trace (a missing or malformed
+ * traceparent starts a new one) with a server span around the call.
+ */
+export function rpcServerTracing(service: string): Interceptor {
+  return (next) => async (req) => {
+    if (!tracingEnabled()) return next(req);
+    const parent = contextFromHeaders((name) => req.header.get(name));
+    const name = `${req.service.typeName}/${req.method.name}`;
+    return inSpan(
+      service,
+      name,
+      {
+        kind: SpanKind.SERVER,
+        parent,
+        attributes: rpcAttributes(req),
+        // Refusals of bad requests are the caller's problem, not a failure of this service.
+        isFailure: (err) => SERVER_FAULTS.has(ConnectError.from(err).code),
+      },
+      (span) =>
+        next(req).catch((err: unknown) => {
+          span?.setAttribute("rpc.connect_rpc.error_code", Code[ConnectError.from(err).code] ?? "unknown");
+          throw err;
+        }),
+    );
+  };
+}
 
 export interface RpcServer {
   readonly port: number;
@@ -100,7 +157,12 @@ export function createRpcClient<T extends DescService>(
     baseUrl,
     defaultTimeoutMs: opts.timeoutMs ?? 10_000,
     // The request being served (if any) is named to the callee, for its logs.
-    interceptors: [rpcContextPropagation(), refusedStreamRetry(), ...(opts.interceptors ?? [])],
+    interceptors: [
+      rpcClientTracing(),
+      rpcContextPropagation(),
+      refusedStreamRetry(),
+      ...(opts.interceptors ?? []),
+    ],
   });
   return createClient(service, transport);
 }

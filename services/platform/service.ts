@@ -19,8 +19,9 @@ import { domainErrorInterceptor } from "./errors.js";
 import { Health, HealthState } from "./health.js";
 import { createLogger, type Logger } from "./log.js";
 import { rpcServerInterceptor, trackPool } from "./metrics.js";
-import { connectNats, type NatsNames, natsNames } from "./nats.js";
-import { type RpcServer, startRpcServer } from "./rpc.js";
+import { connectNats, type NatsNames, natsNames, tracedJetStream } from "./nats.js";
+import { type RpcServer, rpcServerTracing, startRpcServer } from "./rpc.js";
+import { flushTelemetry, setupTelemetry } from "./telemetry.js";
 
 type CommonConfig = ConfigOf<typeof commonSettings>;
 
@@ -84,6 +85,7 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
     { ...commonSettings, adminPort: adminPortSetting(def.name), ...def.settings },
     source,
   ) as ConfigOf<S> & CommonConfig & { adminPort: number };
+  setupTelemetry({ serviceName: config.otelServiceName || def.name, otlpEndpoint: config.otlpEndpoint });
   const log = createLogger(def.name, config.logLevel);
   const db = createDatabase<DB>({ url: config.databaseUrl, schema: def.name });
   const pool = poolOf(db);
@@ -92,7 +94,8 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
   if (applied.length > 0) log.info({ migrations: applied }, "migrations applied");
   const nc = await connectNats(config.natsUrl, def.name);
   const jsm = await nc.jetstreamManager();
-  const js = nc.jetstream();
+  // Publishes carry the active trace to whoever consumes them.
+  const js = tracedJetStream(nc.jetstream(), def.name);
   const ctx: ServiceContext<DB, ConfigOf<S>> = {
     config,
     log,
@@ -111,7 +114,8 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
       parts.routes(router);
     },
     // Outermost first: metrics and the log context see the code the domain errors map to.
-    interceptors: [rpcServerInterceptor(), domainErrorInterceptor(log)],
+    // The trace comes first so the log context's lines carry its id.
+    interceptors: [rpcServerTracing(def.name), rpcServerInterceptor(), domainErrorInterceptor(log)],
   });
 
   let stopping: Promise<void> | undefined;
@@ -180,6 +184,7 @@ export async function startService<DB, S extends ConfigSpec & { port: ConfigSpec
         await admin.close();
         await nc.drain().catch(() => nc.close());
         untrackPool();
+        await flushTelemetry();
         await db.destroy();
         log.info("stopped");
       })();

@@ -14,7 +14,6 @@ import { createRpcClient } from "../../services/platform/rpc.js";
 import {
   createTestDatabase,
   deleteNamespaceStreams,
-  freePort,
   TEST_NATS_URL,
   type TestDatabase,
   testNamespace,
@@ -24,7 +23,8 @@ import { startWebhookReceiver, type WebhookReceiver } from "../helpers/webhook-r
 
 /**
  * What an operator relies on, against the whole stack as separate processes: admin ports with
- * readiness and metrics, logs free of secrets, and a SIGTERM'd executor losing no accepted request.
+ * readiness and metrics, logs free of secrets, and SIGTERM'd processes (executor, logs, notifier,
+ * gateway) losing no accepted request, log row or delivery.
  */
 describe("operating the stack", () => {
   let db: TestDatabase;
@@ -77,6 +77,98 @@ describe("operating the stack", () => {
       }
     }
     return 0;
+  }
+
+  /** One execute with its own Idempotency-Key, so a replay can tell whether it had been accepted. */
+  interface Attempt {
+    key: string;
+    status: number;
+    executionId?: string;
+    conversationId?: string;
+    /** Transport error code when no answer came (ECONNREFUSED, UND_ERR_SOCKET, ...). */
+    error?: string;
+    startedAt: number;
+    endedAt: number;
+  }
+  const drainBody = { workflowId: "", input: { "First Name": "Drain", Age: 1 } };
+  let attemptSeq = 0;
+  async function executeOnce(): Promise<Attempt> {
+    const key = `drain-${namespace}-${++attemptSeq}`;
+    const startedAt = Date.now();
+    try {
+      const res = await fetch(`${stack.gatewayUrl}/api/executeWorkflow`, {
+        method: "POST",
+        headers: { "x-api-key": adminKey, "content-type": "application/json", "idempotency-key": key },
+        body: JSON.stringify({ ...drainBody, workflowId }),
+      });
+      const text = await res.text();
+      const body = (text.startsWith("{") ? JSON.parse(text) : {}) as Record<string, unknown>;
+      return {
+        key,
+        status: res.status,
+        executionId: body.executionId as string | undefined,
+        conversationId: body.conversationId as string | undefined,
+        startedAt,
+        endedAt: Date.now(),
+      };
+    } catch (err) {
+      const cause = (err as { cause?: { code?: string } }).cause;
+      return { key, status: 0, error: cause?.code ?? (err as Error).message, startedAt, endedAt: Date.now() };
+    }
+  }
+
+  /**
+   * Executes from `loops` concurrent clients until `stop()` resolves, then keeps going until
+   * `after` more are accepted; returns every attempt.
+   */
+  async function underLoad(
+    disrupt: () => Promise<void>,
+    opts: { before?: number; after?: number; loops?: number; sideLoad?: () => Promise<void> } = {},
+  ): Promise<Attempt[]> {
+    const attempts: Attempt[] = [];
+    let phase: "before" | "after" | "done" = "before";
+    let acceptedAfter = 0;
+    const loop = async () => {
+      while (phase !== "done") {
+        const attempt = await executeOnce();
+        attempts.push(attempt);
+        if (attempt.status === 200 && phase === "after") acceptedAfter++;
+        // A refused connection is instant; do not spin on it.
+        if (attempt.status === 0) await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    };
+    const side = async () => {
+      while (phase !== "done" && opts.sideLoad) await opts.sideLoad();
+    };
+    const loops = [...Array.from({ length: opts.loops ?? 4 }, loop), side()];
+    try {
+      await waitFor(
+        "executions before the disruption",
+        () => (attempts.filter((a) => a.status === 200).length >= (opts.before ?? 15) ? true : undefined),
+        60_000,
+      );
+      await disrupt();
+      phase = "after";
+      await waitFor(
+        "executions after the disruption",
+        () => (acceptedAfter >= (opts.after ?? 15) ? true : undefined),
+        90_000,
+      );
+    } finally {
+      phase = "done";
+      await Promise.all(loops);
+    }
+    return attempts;
+  }
+
+  /** Every answered execution must be readable in its conversation: none was lost. */
+  async function expectStored(accepted: Attempt[]): Promise<void> {
+    for (const { executionId, conversationId } of accepted) {
+      const res = await call("POST", "/api/getConversationById", adminKey, { workflowId, conversationId });
+      expect(res.status, `conversation of ${executionId}`).toBe(200);
+      const ids = (res.body.executions as { executionId: string }[]).map((e) => e.executionId);
+      expect(ids, `execution ${executionId}`).toContain(executionId);
+    }
   }
 
   beforeAll(async () => {
@@ -219,6 +311,15 @@ describe("operating the stack", () => {
         ? true
         : undefined,
     );
+    // Queue depth per durable consumer, read from JetStream at scrape time.
+    const notifier = await metricsOf("notifier");
+    for (const state of ["undelivered", "unacked"]) {
+      expect(notifier).toMatch(
+        new RegExp(
+          `flowplane_consumer_queue_depth\\{[^}]*consumer="notifier"[^}]*state="${state}"[^}]*\\} \\d+`,
+        ),
+      );
+    }
     await waitFor("webhook attempts", async () =>
       series(await metricsOf("notifier"), "flowplane_notification_attempts_total", {
         channel: "webhook",
@@ -299,6 +400,125 @@ describe("operating the stack", () => {
       );
       expect(ids, `execution ${executionId}`).toContain(executionId);
     }
+  }, 240_000);
+
+  it("loses no log row when the logs service is SIGTERM'd under load and restarted", async () => {
+    const queries = new Map<number, number>();
+    const attempts = await underLoad(
+      async () => {
+        await stack.stopProcess("logs");
+        await stack.startProcess("logs");
+      },
+      {
+        // Readers keep querying the logs while it drains: 200, or 503 while it is down, nothing else.
+        sideLoad: async () => {
+          const res = await call("GET", `/api/v1/logs?workspaceId=${workspaceId}&limit=5`, adminKey).catch(
+            () => ({ status: 0, body: {} }),
+          );
+          queries.set(res.status, (queries.get(res.status) ?? 0) + 1);
+        },
+      },
+    );
+    const accepted = attempts.filter((a) => a.status === 200);
+    console.info(
+      `logs drain: ${accepted.length} executions accepted, log queries by status ${JSON.stringify(Object.fromEntries(queries))}`,
+    );
+    // The executor is untouched: every execute is answered.
+    expect(attempts.filter((a) => a.status !== 200)).toEqual([]);
+    expect([...queries.keys()].filter((status) => status !== 200 && status !== 503)).toEqual([]);
+    // Every completion reaches the log exactly once, including those published while logs was down.
+    for (const { executionId } of accepted) {
+      const rows = await waitFor(`the log row of ${executionId}`, async () => {
+        const res = await call(
+          "GET",
+          `/api/v1/logs?workspaceId=${workspaceId}&executionId=${executionId}`,
+          adminKey,
+        );
+        const data = res.body.data as unknown[] | undefined;
+        return res.status === 200 && data && data.length > 0 ? data : undefined;
+      });
+      expect(rows, executionId).toHaveLength(1);
+    }
+  }, 240_000);
+
+  it("loses and repeats no webhook when the notifier is SIGTERM'd under load and restarted", async () => {
+    // The "ops hook" subscription (metrics test) sends every completion to the receiver.
+    const attempts = await underLoad(async () => {
+      await stack.stopProcess("notifier");
+      await stack.startProcess("notifier");
+    });
+    const accepted = attempts.filter((a) => a.status === 200);
+    expect(attempts.filter((a) => a.status !== 200)).toEqual([]);
+    const byExecution = new Map<string, Set<string>>();
+    const posts = new Map<string, number>();
+    const countPosts = () => {
+      byExecution.clear();
+      posts.clear();
+      for (const request of receiver.received) {
+        const executionId = /"executionId":"(exec_[^"]+)"/.exec(request.rawBody)?.[1];
+        const deliveryId = request.headers["sim-delivery-id"] ?? "";
+        if (!executionId) continue;
+        const ids = byExecution.get(executionId) ?? new Set<string>();
+        ids.add(deliveryId);
+        byExecution.set(executionId, ids);
+        posts.set(deliveryId, (posts.get(deliveryId) ?? 0) + 1);
+      }
+    };
+    await waitFor(
+      "a webhook for every accepted execution",
+      () => {
+        countPosts();
+        return accepted.every((a) => byExecution.has(a.executionId ?? "")) ? true : undefined;
+      },
+      60_000,
+    );
+    console.info(`notifier drain: ${accepted.length} executions accepted, all delivered`);
+    for (const { executionId } of accepted) {
+      const deliveries = [...(byExecution.get(executionId ?? "") ?? [])];
+      expect(deliveries, `deliveries of ${executionId}`).toHaveLength(1);
+      // Sent once: a drain finishes the attempt in flight and acks it rather than leaving it to a retry.
+      expect(posts.get(deliveries[0]!), `POSTs of delivery ${deliveries[0]}`).toBe(1);
+    }
+  }, 240_000);
+
+  it("fails no accepted request when the gateway is SIGTERM'd under load and restarted", async () => {
+    let sigtermAt = 0;
+    const attempts = await underLoad(async () => {
+      sigtermAt = Date.now();
+      await stack.stopProcess("gateway");
+      await stack.startProcess("gateway");
+    });
+    const accepted = attempts.filter((a) => a.status === 200);
+    // Requests the SIGTERM caught in flight, answered by the draining gateway.
+    const inFlight = accepted.filter((a) => a.startedAt < sigtermAt && a.endedAt > sigtermAt).length;
+    const unanswered = attempts.filter((a) => a.status !== 200);
+    const byOutcome = new Map<string, number>();
+    for (const a of unanswered) {
+      const label = a.status === 0 ? (a.error ?? "error") : String(a.status);
+      byOutcome.set(label, (byOutcome.get(label) ?? 0) + 1);
+    }
+    console.info(
+      `gateway drain: ${accepted.length} accepted (${inFlight} of them in flight at SIGTERM), not accepted by outcome ${JSON.stringify(Object.fromEntries(byOutcome))}`,
+    );
+    // While draining it answers 503 on open connections; once closed, connections are refused.
+    expect(unanswered.filter((a) => a.status !== 0 && a.status !== 503)).toEqual([]);
+    // None of those had been accepted: replaying its Idempotency-Key runs it now, it is not a replay
+    // of an answer the client never received. A refused connection never reached the gateway at all.
+    for (const attempt of unanswered.filter((a) => a.error !== "ECONNREFUSED")) {
+      const res = await fetch(`${stack.gatewayUrl}/api/executeWorkflow`, {
+        method: "POST",
+        headers: {
+          "x-api-key": adminKey,
+          "content-type": "application/json",
+          "idempotency-key": attempt.key,
+        },
+        body: JSON.stringify({ ...drainBody, workflowId }),
+      });
+      expect(res.status, `replay of ${attempt.key} (${attempt.error ?? attempt.status})`).toBe(200);
+      expect(res.headers.get("idempotent-replayed"), `${attempt.key} had run before`).toBeNull();
+      await res.arrayBuffer();
+    }
+    await expectStored(accepted);
   }, 240_000);
 
   it("never writes the API key to any process's log, and names request and tenant on gateway error lines", async () => {

@@ -1,5 +1,6 @@
 import { createHmac } from "node:crypto";
 import { safeFetch } from "../../platform/outbound.js";
+import { inSpan, SpanKind, traceHeaders } from "../../platform/telemetry.js";
 import { type AttemptOutcome, outcomeOfHttpAnswer, outcomeOfHttpError } from "./outcome.js";
 
 export interface WebhookTarget {
@@ -61,21 +62,37 @@ export function webhookHeaders(
   return headers;
 }
 
+/**
+ * One attempt, in a client span whose `traceparent` goes with the request: the receiver sees the
+ * trace of the REST call that caused the event.
+ */
 export async function sendWebhook(
   target: WebhookTarget,
   message: WebhookMessage,
   opts: { timeoutMs: number; allowPrivate: boolean; nowMs: number },
 ): Promise<AttemptOutcome> {
-  try {
-    const answer = await safeFetch(target.url, {
-      method: "POST",
-      headers: webhookHeaders(target, message, opts.nowMs),
-      body: message.body,
-      timeoutMs: opts.timeoutMs,
-      allowPrivate: opts.allowPrivate,
-    });
-    return outcomeOfHttpAnswer(answer.status, answer.body, answer.headers, Date.now());
-  } catch (err) {
-    return outcomeOfHttpError(err);
-  }
+  return inSpan(
+    "notifier",
+    "webhook POST",
+    {
+      kind: SpanKind.CLIENT,
+      attributes: { "http.request.method": "POST", "flowplane.delivery_id": message.deliveryId },
+    },
+    async (span) => {
+      try {
+        const answer = await safeFetch(target.url, {
+          method: "POST",
+          headers: { ...webhookHeaders(target, message, opts.nowMs), ...traceHeaders() },
+          body: message.body,
+          timeoutMs: opts.timeoutMs,
+          allowPrivate: opts.allowPrivate,
+        });
+        span?.setAttribute("http.response.status_code", answer.status);
+        return outcomeOfHttpAnswer(answer.status, answer.body, answer.headers, Date.now());
+      } catch (err) {
+        span?.setAttribute("error.type", err instanceof Error ? err.name : "error");
+        return outcomeOfHttpError(err);
+      }
+    },
+  );
 }
