@@ -115,7 +115,44 @@ export function requireScope(
     }
     authorized.set(request, res);
     setRateLimitHeaders(reply, res.limits?.api);
+    auditRefusals(request, reply, auth, res.principal as Principal);
   };
+}
+
+/**
+ * A 401/403 this gateway decides after the key was authorized (a workspaceId other than the key's,
+ * an app key on an admin route) goes to the token's audit trail, like the refusals the auth service
+ * decides itself. Fire and forget once the answer is out: it never delays or fails the request, and
+ * an auth service that is down only costs a log line.
+ */
+function auditRefusals(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  auth: GatewayClients["auth"],
+  principal: Principal,
+): void {
+  let message = "";
+  const send = reply.send.bind(reply);
+  reply.send = (payload?: unknown) => {
+    if ((reply.statusCode === 401 || reply.statusCode === 403) && typeof payload === "object" && payload) {
+      const error = (payload as { error?: unknown }).error;
+      if (typeof error === "string") message = error;
+    }
+    return send(payload);
+  };
+  reply.raw.once("finish", () => {
+    const status = reply.statusCode;
+    if (status !== 401 && status !== 403) return;
+    const route = `${request.method} ${request.routeOptions.url ?? request.url.split("?")[0]}`;
+    auth
+      .recordRefusal({
+        tenantId: principal.tenantId,
+        tokenId: principal.tokenId,
+        status,
+        reason: message === "" ? `${route}: HTTP ${status}` : `${route}: ${message}`,
+      })
+      .catch((err: unknown) => request.log.warn({ err, status }, "could not audit a gateway refusal"));
+  });
 }
 
 function authorizedOf(request: FastifyRequest): AuthorizeResponse {

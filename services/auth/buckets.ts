@@ -45,6 +45,51 @@ export async function consumeToken(
   return { spec, level: row.tokens, at: row.updated_at, granted: row.granted };
 }
 
+/**
+ * consumeToken for up to `wanted` tokens at once (a lease): takes min(wanted, whole tokens there)
+ * in the same single locked statement, so replicas never over-grant between them either.
+ */
+export async function leaseTokens(
+  db: Kysely<Database>,
+  key: string,
+  spec: BucketSpec,
+  wanted: number,
+): Promise<BucketState & { taken: number }> {
+  const perSecond = spec.perMinute / 60;
+  const level = sql<number>`least(${spec.burst}::float8, b.tokens + greatest(0, extract(epoch from now() - b.updated_at)::float8) * ${perSecond}::float8)`;
+  const first = Math.min(wanted, Math.floor(spec.burst));
+  // Whole tokens only; the epsilon keeps float noise (0.9999999 after refills) from hiding one.
+  const take = sql<number>`least(${wanted}::int, floor(${level} + 1e-9)::int)`;
+  const { rows } = await sql<{ tokens: number; updated_at: Date; taken: number }>`
+    insert into rate_buckets as b (key, tokens, updated_at, granted, taken)
+    select ${key}, ${spec.burst - first}::float8, now(), ${first > 0}, ${first}::int
+    from (select set_config('synchronous_commit', 'off', true)) as async_commit
+    on conflict (key) do update set
+      tokens = ${level} - ${take},
+      taken = ${take},
+      granted = ${take} > 0,
+      updated_at = greatest(b.updated_at, now())
+    returning tokens, updated_at, taken`.execute(db);
+  const row = rows[0]!;
+  return { spec, level: row.tokens, at: row.updated_at, taken: row.taken };
+}
+
+/** Gives back tokens a lease did not use (refilled first, capped at the burst). */
+export async function returnTokens(
+  db: Kysely<Database>,
+  key: string,
+  spec: BucketSpec,
+  tokens: number,
+): Promise<void> {
+  const perSecond = spec.perMinute / 60;
+  await sql`
+    update rate_buckets as b set
+      tokens = least(${spec.burst}::float8, b.tokens + greatest(0, extract(epoch from now() - b.updated_at)::float8) * ${perSecond}::float8 + ${tokens}::float8),
+      updated_at = greatest(b.updated_at, now())
+    from (select set_config('synchronous_commit', 'off', true)) as async_commit
+    where b.key = ${key}`.execute(db);
+}
+
 /** The buckets' states now, without consuming; a bucket never used is full. */
 export async function peekBuckets(
   db: Kysely<Database>,

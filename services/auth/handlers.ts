@@ -24,6 +24,7 @@ import {
   Plan,
   PrincipalSchema,
   RateLimitExceededSchema,
+  RecordRefusalResponseSchema,
   RevokeTokenResponseSchema,
   RotateTokenResponseSchema,
   TenantSchema,
@@ -441,6 +442,16 @@ export function authServiceHandlers(
         events: page.events.map(tokenEventMessage),
         nextCursor: page.nextCursor,
       });
+    },
+
+    async recordRefusal(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const tokenId = requireId("token_id", "tok", req.tokenId);
+      if (req.status !== 401 && req.status !== 403) {
+        throw new InvalidArgumentError("status must be 401 or 403");
+      }
+      await tokens.recordExternalRefusal(tenantId, tokenId, req.status, req.reason);
+      return create(RecordRefusalResponseSchema, {});
     },
   };
 }

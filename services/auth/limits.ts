@@ -1,14 +1,8 @@
 import type { Kysely } from "kysely";
 import { FailedPreconditionError, ResourceExhaustedError, UnavailableError } from "../platform/errors.js";
 import type { Logger } from "../platform/log.js";
-import {
-  type BucketState,
-  type Consumption,
-  consumeToken,
-  peekBuckets,
-  remainingOf,
-  retryAtOf,
-} from "./buckets.js";
+import { type BucketState, type Consumption, peekBuckets, remainingOf, retryAtOf } from "./buckets.js";
+import { BucketLeases } from "./leases.js";
 import type { BucketSpec, PlanLimits, PlanTable } from "./plans.js";
 import type { Database, PlanName } from "./store.js";
 import { type PeriodUsage, usageOf } from "./usage.js";
@@ -80,11 +74,20 @@ function narrower(a: BucketState, b: BucketState | undefined): BucketState {
  * if their storage cannot be reached the request is refused as UNAVAILABLE, never let through.
  */
 export class RateLimits {
+  private readonly leases: BucketLeases;
+
   constructor(
     private readonly db: Kysely<Database>,
     private readonly plans: PlanTable,
     private readonly log: Logger,
-  ) {}
+  ) {
+    this.leases = new BucketLeases(db, log);
+  }
+
+  /** Gives the tokens leased by this replica and not used back to the shared buckets. */
+  close(): Promise<void> {
+    return this.leases.close();
+  }
 
   planLimits(plan: PlanName): PlanLimits {
     return this.plans[plan];
@@ -101,12 +104,12 @@ export class RateLimits {
     now = new Date(),
   ): Promise<LimitsState> {
     const limits = this.plans[who.plan];
-    const tenantApi = await this.guard(consumeToken(this.db, bucketKey.api(who.tenantId), limits.api));
+    const tenantApi = await this.guard(this.leases.take(bucketKey.api(who.tenantId), limits.api));
     if (!tenantApi.granted) throw new RateLimitedError("api", tenantApi, tenantApi);
     let tokenApi: Consumption | undefined;
     if (who.tokenRateLimitPerMinute !== null) {
       tokenApi = await this.guard(
-        consumeToken(this.db, bucketKey.token(who.tokenId), tokenSpec(who.tokenRateLimitPerMinute)),
+        this.leases.take(bucketKey.token(who.tokenId), tokenSpec(who.tokenRateLimitPerMinute)),
       );
       if (!tokenApi.granted) throw new RateLimitedError("token", tokenApi, tokenApi);
     }
@@ -163,7 +166,7 @@ export class RateLimits {
   ): Promise<BucketState> {
     if (usage.isExceeded) throw new FailedPreconditionError("insufficient credits");
     const consumed = await this.guard(
-      consumeToken(this.db, bucketKey[execution](tenantId), this.plans[plan][execution]),
+      this.leases.take(bucketKey[execution](tenantId), this.plans[plan][execution]),
     );
     if (!consumed.granted) throw new RateLimitedError(execution, consumed, api);
     return consumed;

@@ -163,6 +163,7 @@ export const authService: ServiceDefinition<Database, typeof authSettings> = {
         await usageConsumer.stop();
         await sweeping;
         await tokens.flush();
+        await limits.close();
       },
     };
   },

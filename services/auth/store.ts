@@ -58,6 +58,8 @@ export interface RateBucketsTable {
   tokens: number;
   updated_at: Date;
   granted: boolean;
+  /** Tokens the last lease on the row took. */
+  taken: number;
 }
 
 export interface UsagePeriodsTable {

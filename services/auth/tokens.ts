@@ -485,6 +485,22 @@ export class Tokens {
     }
   }
 
+  /**
+   * Records a refusal another service decided after this token was authorized (the gateway's own
+   * 401/403), so the audit trail holds every refusal wherever it was decided.
+   */
+  async recordExternalRefusal(tenantId: string, tokenId: string, status: 401 | 403, reason: string) {
+    await this.get(tenantId, tokenId);
+    await insertTokenEvent(this.db, {
+      id: newId("evt"),
+      tenant_id: tenantId,
+      token_id: tokenId,
+      actor: tokenId,
+      event: status === 401 ? "refused_unauthenticated" : "refused_permission",
+      reason: reason.slice(0, 500),
+    });
+  }
+
   /** Records a refusal of an identified token (the actor is the token itself); returns it to throw. */
   private async recordRefusal(
     token: Pick<TokenRow, "id" | "tenant_id">,
