@@ -14,6 +14,7 @@ import {
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
+import { withStoredTraceparent } from "../platform/telemetry.js";
 import { costFromJson, statusFromText, traceSpansFromJson, triggerFromText } from "./records.js";
 import {
   type ExecutionRow,
@@ -82,7 +83,10 @@ export async function publishStoredExecution(
   try {
     // The logs keep the definition that ran (seed 002's workflowState): it travels in the event.
     const state = workflow.state ?? (await versionState(deps.db, row));
-    await publishCompletion(deps.js, deps.names, completionEvent(row, { ...workflow, state }));
+    // Republished by the outbox, it still continues the trace of the request that ran it.
+    await withStoredTraceparent(row.traceparent, () =>
+      publishCompletion(deps.js, deps.names, completionEvent(row, { ...workflow, state })),
+    );
   } catch (err) {
     deps.log.warn({ err, executionId: row.id }, "completion publish failed; the outbox will retry");
     return false;

@@ -42,11 +42,24 @@ export class LiveEvents {
     private readonly log: Logger,
   ) {}
 
+  private queued: LiveEvent[] = [];
+
+  /*
+   * Events are sent once per turn of the event loop: the NATS client writes to its socket once per
+   * microtask checkpoint, so runs in flight each publishing several events from different callbacks
+   * cost one write per event. Queued together they cost one write per turn. Order is kept.
+   */
   private publish(event: LiveEvent): void {
-    try {
-      this.nc.publish(this.names.live(event.executionId), toBinary(LiveEventSchema, event));
-    } catch (err) {
-      this.log.debug({ err, executionId: event.executionId }, "live event not published");
+    if (this.queued.push(event) === 1) setImmediate(() => this.flush());
+  }
+
+  private flush(): void {
+    for (const event of this.queued.splice(0)) {
+      try {
+        this.nc.publish(this.names.live(event.executionId), toBinary(LiveEventSchema, event));
+      } catch (err) {
+        this.log.debug({ err, executionId: event.executionId }, "live event not published");
+      }
     }
   }
 

@@ -9,6 +9,7 @@ import {
   sql,
 } from "kysely";
 import { executionsByStatus } from "../platform/metrics.js";
+import { currentTraceparent } from "../platform/telemetry.js";
 
 /** jsonb: read as parsed JSON, written as a JSON string (pg would turn JS arrays into SQL arrays). */
 type Jsonb<T extends JsonValue = JsonValue> = ColumnType<T, string, string>;
@@ -72,6 +73,8 @@ export interface ExecutionsTable {
   attempts: ColumnType<number, number | undefined, number>;
   /** Set when a cancel arrived while the run was running; its worker stops it. */
   cancel_requested: ColumnType<boolean, boolean | undefined, boolean>;
+  /** W3C traceparent of the request that created it (null when tracing is off), for the outbox. */
+  traceparent: ColumnType<string | null, string | null | undefined, string | null>;
 }
 
 export interface SchedulesTable {
@@ -238,11 +241,12 @@ export async function insertExecution(
   newConversation: { id: string; createdAt: Date } | undefined,
   opts: { asyncCommit?: boolean } = {},
 ): Promise<void> {
+  const traced = { ...execution, traceparent: execution.traceparent ?? currentTraceparent() ?? null };
   const values: InsertObject<Database, "executions"> = opts.asyncCommit
     ? // The error column (null) is computed by the call that turns off the wait for the WAL flush
       // of this statement's own transaction.
-      { ...execution, error: sql<null>`nullif(set_config('synchronous_commit', 'off', true), 'off')` }
-    : execution;
+      { ...traced, error: sql<null>`nullif(set_config('synchronous_commit', 'off', true), 'off')` }
+    : traced;
   if (!newConversation) {
     await db.insertInto("executions").values(values).execute();
   } else {
@@ -502,4 +506,81 @@ export async function isCancelRequested(
     .where("id", "=", executionId)
     .executeTakeFirst();
   return row?.cancel_requested ?? false;
+}
+
+/** A claimed background run with its workflow (undefined when the workflow is gone). */
+export interface ClaimedExecution {
+  row: ExecutionRow;
+  workflow: WorkflowRow | undefined;
+}
+
+/**
+ * claimExecution for many runs in one statement, joined with their workflows (one round trip per
+ * batch instead of two per run). Result i belongs to key i; undefined when not claimable.
+ */
+export async function claimExecutions(
+  db: ExecutorDb,
+  keys: { tenantId: string; executionId: string }[],
+): Promise<(ClaimedExecution | undefined)[]> {
+  const { rows } = await sql<
+    ExecutionRow & { workflow: (Omit<WorkflowRow, "created_at"> & { created_at: string }) | null }
+  >`
+    with claimed as (
+      update executions e
+      set status = 'running', started_at = clock_timestamp(), attempts = e.attempts + 1
+      from unnest(${keys.map((k) => k.tenantId)}::text[], ${keys.map((k) => k.executionId)}::text[]) as k(tenant_id, id)
+      where e.tenant_id = k.tenant_id and e.id = k.id and e.status in ('queued', 'running')
+      returning e.*
+    )
+    select c.*, to_jsonb(w) as workflow
+    from claimed c
+    left join workflows w on w.tenant_id = c.tenant_id and w.id = c.workflow_id`.execute(db);
+  const byKey = new Map<string, ClaimedExecution>();
+  for (const { workflow, ...row } of rows) {
+    byKey.set(`${row.tenant_id}/${row.id}`, {
+      row,
+      workflow: workflow ? { ...workflow, created_at: new Date(workflow.created_at) } : undefined,
+    });
+  }
+  return keys.map((k) => byKey.get(`${k.tenantId}/${k.executionId}`));
+}
+
+// Columns written as JSON text by ExecutionResult: spliced into the batch's JSON as they are.
+const JSONB_COLUMNS = new Set(["input", "output", "trace_spans", "cost_detail"]);
+
+/**
+ * finishExecution for many runs in one statement (one commit per batch). The rows travel as one
+ * JSON array read back by jsonb_populate_recordset, so every column ExecutionResult carries is
+ * written without listing them here. Result i belongs to item i.
+ */
+export async function finishExecutions(
+  db: ExecutorDb,
+  items: { tenantId: string; executionId: string; result: ExecutionResult & { started_at?: Date } }[],
+): Promise<(ExecutionRow | undefined)[]> {
+  if (items.length === 0) return [];
+  const columns = Object.keys(items[0]!.result).filter((c) => c !== "tenant_id" && c !== "id");
+  const json = items
+    .map(({ tenantId, executionId, result }) => {
+      const fields = [`"tenant_id":${JSON.stringify(tenantId)}`, `"id":${JSON.stringify(executionId)}`];
+      for (const [column, value] of Object.entries(result)) {
+        if (value === undefined) continue;
+        fields.push(
+          `${JSON.stringify(column)}:${JSONB_COLUMNS.has(column) && typeof value === "string" ? value : JSON.stringify(value)}`,
+        );
+      }
+      return `{${fields.join(",")}}`;
+    })
+    .join(",");
+  const { rows } = await sql<ExecutionRow>`
+    update executions e
+    set ${sql.join(columns.map((c) => sql`${sql.ref(c)} = ${sql.ref(`r.${c}`)}`))}
+    from jsonb_populate_recordset(null::executions, ${`[${json}]`}::jsonb) as r
+    where e.tenant_id = r.tenant_id and e.id = r.id and e.status = 'running'
+    returning e.*`.execute(db);
+  const byKey = new Map(rows.map((row) => [`${row.tenant_id}/${row.id}`, row]));
+  return items.map(({ tenantId, executionId }) => {
+    const row = byKey.get(`${tenantId}/${executionId}`);
+    if (row) executionsByStatus.inc({ status: row.status, trigger: row.trigger });
+    return row;
+  });
 }

@@ -17,16 +17,18 @@ import {
 import { type DurableConsumer, decodeEvent, startDurableConsumer } from "../platform/consumer.js";
 import { RunCancelRequestedSchema, RunRequestedSchema } from "../platform/gen/flowplane/events/v1/run_pb.js";
 import type { NatsNames } from "../platform/nats.js";
+import { Coalescer } from "./coalesce.js";
 import { publishStoredExecution } from "./completion.js";
 import { checkWorkflowInput } from "./engine/run.js";
 import { type ExecutionDeps, type PreparedExecution, runPrepared, workflowInfo } from "./executions.js";
 import {
-  claimExecution,
+  type ClaimedExecution,
+  claimExecutions,
   type ExecutionResult,
   type ExecutionRow,
   findExecution,
   findWorkflow,
-  finishExecution,
+  finishExecutions,
   type WorkflowRow,
 } from "./store.js";
 
@@ -62,11 +64,24 @@ export class RunWorkers {
   private cancelSubscription: Subscription | undefined;
   /** Execution id → the abort of its run in this process. */
   private readonly running = new Map<string, AbortController>();
+  // Runs in flight share claim and finish statements (one round trip per batch, not per run).
+  private readonly claims: Coalescer<{ tenantId: string; executionId: string }, ClaimedExecution | undefined>;
+  private readonly finishes: Coalescer<
+    { tenantId: string; executionId: string; result: ExecutionResult },
+    ExecutionRow | undefined
+  >;
 
   constructor(
     private readonly deps: ExecutionDeps,
     private readonly opts: RunWorkersOptions,
-  ) {}
+  ) {
+    this.claims = new Coalescer((keys) => claimExecutions(deps.db, keys));
+    this.finishes = new Coalescer((items) => finishExecutions(deps.db, items));
+  }
+
+  private finish(row: ExecutionRow, result: ExecutionResult): Promise<ExecutionRow | undefined> {
+    return this.finishes.call({ tenantId: row.tenant_id, executionId: row.id, result });
+  }
 
   async start(): Promise<void> {
     const { deps } = this;
@@ -107,12 +122,19 @@ export class RunWorkers {
   async handle(m: JsMsg): Promise<void> {
     const { deps } = this;
     const request = decodeEvent(RunRequestedSchema, m);
+    // A redelivery of a run this process is still running: retry later rather than run it twice.
+    if (this.running.has(request.executionId)) {
+      throw new Error(`execution ${request.executionId} is already running in this process`);
+    }
     const controller = new AbortController();
     // Registered before the claim, so a cancel arriving right after it commits finds the run.
     this.running.set(request.executionId, controller);
     const heartbeat = setInterval(() => m.working(), Math.max(100, Math.floor(this.opts.ackWaitMs / 3)));
     try {
-      const claimed = await claimExecution(deps.db, request.tenantId, request.executionId);
+      const claimed = await this.claims.call({
+        tenantId: request.tenantId,
+        executionId: request.executionId,
+      });
       if (!claimed) {
         await this.publishIfFinished(request.tenantId, request.executionId);
         return;
@@ -141,19 +163,16 @@ export class RunWorkers {
 
   /** Runs a claimed execution and stores the result; undefined when something else finished it. */
   private async run(
-    row: ExecutionRow,
+    { row, workflow }: ClaimedExecution,
     signal: AbortSignal,
     newConversation: boolean,
   ): Promise<{ row: ExecutionRow | undefined; workflow?: WorkflowRow } | undefined> {
     const { deps } = this;
-    const fail = async (error: string) => ({
-      row: await finishExecution(deps.db, row.tenant_id, row.id, errorResult(row, error)),
-    });
+    const fail = async (error: string) => ({ row: await this.finish(row, errorResult(row, error)) });
     if (row.cancel_requested) return fail("cancelled");
     if (row.attempts > MAX_ATTEMPTS) {
       return fail(`run abandoned after ${MAX_ATTEMPTS} attempts: every worker running it stopped`);
     }
-    const workflow = await findWorkflow(deps.db, row.tenant_id, row.workflow_id);
     const compiled = workflow
       ? await deps.versions.load(deps.db, row.tenant_id, row.workflow_id, row.workflow_version)
       : undefined;
@@ -177,7 +196,7 @@ export class RunWorkers {
     const result = await runPrepared(deps, prepared, row.input, { executionId: row.id, signal, live: true });
     // Left running: the redelivered request runs it again elsewhere.
     if (signal.reason instanceof HandedBack) return undefined;
-    return { row: await finishExecution(deps.db, row.tenant_id, row.id, result), workflow };
+    return { row: await this.finish(row, result), workflow };
   }
 
   /** A redelivered request of a finished execution: make sure its completion went out. */

@@ -622,6 +622,12 @@ describe("query plans", () => {
         ascending: false,
         after: position,
       }),
+      "one folder": logPageQuery(store, {
+        ...base,
+        filters: { ...noFilters(), folderIds: ["fld_a"] },
+        ascending: false,
+        after: position,
+      }),
       "errors only": logPageQuery(store, {
         ...base,
         filters: { ...noFilters(), level: "error" },
@@ -645,6 +651,9 @@ describe("query plans", () => {
       expect(plan, name).toMatch(/"Node Type":"Index (Only )?Scan"/);
       expect(plan, name).not.toMatch(/"Node Type":"(Sort|Incremental Sort)"/);
       expect(plan, name).not.toMatch(/"Node Type":"Seq Scan"/);
+      // The folder filter has its own index (0003), not a walk of the tenant's rows filtered.
+      if (name === "one folder")
+        expect(plan, name).toMatch(/"Index Name":"logs_by_tenant_folder_started_at_idx"/);
     }
   });
 });

@@ -9,6 +9,7 @@ import {
   type SelectQueryBuilder,
   sql,
 } from "kysely";
+import { PREPARED_QUERY } from "../platform/db.js";
 import { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 
 /** jsonb columns are written as JSON text (node-pg would turn a JS array into a PostgreSQL array). */
@@ -268,7 +269,11 @@ export function logPageQuery(db: Kysely<Database>, q: PageQuery) {
   let query = filtered(listQuery(db, q), q.tenantId, q.filters);
   const after = q.after;
   if (after) query = query.where((eb) => beyond(eb, after, q.ascending));
-  return query.orderBy("started_at", direction).orderBy("id", direction).limit(q.fetch);
+  return query
+    .orderBy("started_at", direction)
+    .orderBy("id", direction)
+    .limit(q.fetch)
+    .modifyEnd(sql.raw(PREPARED_QUERY));
 }
 
 export async function selectLogPage(db: Kysely<Database>, q: PageQuery) {
@@ -287,7 +292,8 @@ export function lateRowsQuery(
     .where("seq", ">", q.seen)
     .where((eb) => eb(eb.refTuple("started_at", "id"), "<=", eb.tuple(q.position.startedAt, q.position.id)))
     .orderBy("seq", "asc")
-    .limit(q.fetch);
+    .limit(q.fetch)
+    .modifyEnd(sql.raw(PREPARED_QUERY));
 }
 
 export async function selectLateRows(

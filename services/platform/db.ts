@@ -1,6 +1,7 @@
+import { createHash } from "node:crypto";
 import { promises as fs } from "node:fs";
 import path from "node:path";
-import { Kysely, PostgresDialect, sql } from "kysely";
+import { Kysely, PostgresDialect, type PostgresPool, type PostgresPoolClient, sql } from "kysely";
 import { FileMigrationProvider, Migrator } from "kysely/migration";
 import pg from "pg";
 
@@ -22,6 +23,48 @@ export function poolOf(db: object): pg.Pool | undefined {
   return poolsOfDatabases.get(db);
 }
 
+/**
+ * Marks a hot query (`.modifyEnd(sql.raw(PREPARED_QUERY))`) to run as a named prepared statement: the
+ * connection plans it once instead of on every call. Planning a keyset page costs more than running
+ * it (about 0.4 ms against 0.2 ms at depth), so the logs pages use it.
+ */
+export const PREPARED_QUERY = "/* fp:prepared */";
+
+const statementNames = new Map<string, string>();
+
+function statementNameOf(text: string): string {
+  let name = statementNames.get(text);
+  if (name === undefined) {
+    name = `fp_${createHash("sha256").update(text).digest("hex").slice(0, 24)}`;
+    // Filter combinations give a bounded but open set of texts; forget them all rather than grow.
+    if (statementNames.size >= 1000) statementNames.clear();
+    statementNames.set(text, name);
+  }
+  return name;
+}
+
+/** The pool kysely sees: marked queries become named statements (pg prepares each once per connection). */
+function preparingPool(pool: pg.Pool): PostgresPool {
+  return {
+    async connect(): Promise<PostgresPoolClient> {
+      const client = await pool.connect();
+      const query = (text: string, values: unknown[]) =>
+        text.includes(PREPARED_QUERY)
+          ? client.query({ name: statementNameOf(text), text, values })
+          : client.query(text, values);
+      // processID lets kysely cancel a running query from a control connection.
+      return {
+        query,
+        release: () => client.release(),
+        processID: (client as unknown as { processID?: number }).processID,
+      } as unknown as PostgresPoolClient;
+    },
+    end: () => pool.end(),
+    Client: (pool as unknown as Pick<PostgresPool, "Client">).Client,
+    options: pool.options,
+  };
+}
+
 export function createDatabase<DB>(opts: DatabaseOptions): Kysely<DB> {
   const pool = new pg.Pool({
     connectionString: opts.url,
@@ -35,7 +78,7 @@ export function createDatabase<DB>(opts: DatabaseOptions): Kysely<DB> {
   // Nor a checked-out one: pg emits 'error' on it as well as failing its query, and a checked-out
   // client has no listener of the pool's (a connection cut while a query runs crashed the process).
   pool.on("connect", (client) => client.on("error", () => {}));
-  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) });
+  const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: preparingPool(pool) }) });
   poolsOfDatabases.set(db, pool);
   return db;
 }

@@ -2,8 +2,10 @@
  * Auth bench (DESIGN §10): Authorize over gRPC on loopback against two auth replicas on one database,
  * one with the key-lookup cache (AUTH_TOKEN_CACHE_TTL_MS=1000) and one without (0), measured in the
  * same run, alternating A/B, one call at a time for latency; then calls/s with 32 in flight on the
- * cached replica. Every call, cached or not, consumes a rate-limit token (one UPSERT in PostgreSQL):
- * the cache saves the key lookup only, by design (buckets are shared by all replicas). The key check
+ * cached replica. Every call, cached or not, consumes a rate-limit token of the bucket shared by all
+ * replicas in PostgreSQL; a busy bucket is consumed through leases (services/auth/leases.ts: one
+ * statement takes the tokens of the next quarter second), so most calls touch no database at all
+ * and the cache saves the key lookup. The key check
  * alone (Tokens.authorize in process: checksum, hash, lookup, scope) is measured too, with a warm
  * cache and without one.
  */

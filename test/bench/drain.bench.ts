@@ -79,6 +79,8 @@ export default async function run(): Promise<Record<string, number>> {
     const enqueueMs = Date.now() - enqueueStarted;
 
     const drainStarted = Date.now();
+    // CPU of this process (the draining executor) per run: comparable on a busy machine.
+    const drainCpu = process.cpuUsage();
     workers = await startService(executorService, { ...common, EXECUTOR_PORT: "0", ...WORKER_ENV });
     let finished = 0;
     while (Date.now() - drainStarted < MAX_DRAIN_MS) {
@@ -90,6 +92,7 @@ export default async function run(): Promise<Record<string, number>> {
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     const drainMs = Date.now() - drainStarted;
+    const cpu = process.cpuUsage(drainCpu);
     const { rows: failures } = await sql.query(
       "select count(*)::int as n from executions where status = 'error'",
     );
@@ -100,6 +103,7 @@ export default async function run(): Promise<Record<string, number>> {
       failedRuns: failures[0].n,
       drainSeconds: Math.round(drainMs / 100) / 10,
       enqueuePerSec: Math.round((queued / enqueueMs) * 1000),
+      executorCpuMsPerRun: Math.round(((cpu.user + cpu.system) / 1000 / Math.max(1, finished)) * 1000) / 1000,
     };
   } finally {
     await workers?.stop();
