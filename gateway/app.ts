@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
+import cors from "@fastify/cors";
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -8,7 +9,7 @@ import Fastify, {
 } from "fastify";
 import type { Logger } from "../services/platform/log.js";
 import { type GatewayClients, labelClients } from "./clients.js";
-import type { GatewayConfig } from "./config.js";
+import { type GatewayConfig, gatewaySettings } from "./config.js";
 import { registerDocs } from "./docs.js";
 import { errorAnswer, installErrorHandling, schemaErrorFormatter } from "./errors.js";
 import { refuseUnusableInput } from "./input-guard.js";
@@ -33,9 +34,33 @@ export function requestIdFor(raw: IncomingMessage): string {
 }
 
 export interface GatewayDeps {
-  config: Pick<GatewayConfig, "bodyLimitBytes">;
+  /** Settings not given take their defaults (gatewaySettings). */
+  config: Pick<GatewayConfig, "bodyLimitBytes"> &
+    Partial<Pick<GatewayConfig, "syncWaitMs" | "rpcTimeoutMs" | "corsOrigins">>;
   log: Logger;
   clients: GatewayClients;
+}
+
+/** Response headers a browser script may read: correlation, rate limits, polling, idempotency. */
+const CORS_EXPOSED_HEADERS = [
+  "x-request-id",
+  "x-ratelimit-limit",
+  "x-ratelimit-remaining",
+  "x-ratelimit-reset",
+  "retry-after",
+  "location",
+  "idempotent-replayed",
+];
+const CORS_ALLOWED_HEADERS = ["x-api-key", "idempotency-key", "content-type", "x-request-id", "accept"];
+
+/** GATEWAY_CORS_ORIGINS as @fastify/cors takes it; undefined when CORS is off. */
+export function corsOriginOption(setting: string | undefined): string | string[] | undefined {
+  const origins = (setting ?? "")
+    .split(",")
+    .map((o) => o.trim())
+    .filter((o) => o !== "");
+  if (origins.length === 0) return undefined;
+  return origins.includes("*") ? "*" : origins;
 }
 
 /** The REST edge (DESIGN §3): authorizes each request with the auth service, then calls the owner. */
@@ -64,6 +89,17 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-request-id", request.id);
   });
+  const corsOrigin = corsOriginOption(config.corsOrigins);
+  if (corsOrigin !== undefined) {
+    // No credentials: the API key travels in a header, never in cookies.
+    app.register(cors, {
+      origin: corsOrigin,
+      methods: ["GET", "POST", "PUT", "PATCH", "DELETE"],
+      allowedHeaders: CORS_ALLOWED_HEADERS,
+      exposedHeaders: CORS_EXPOSED_HEADERS,
+      maxAge: 600,
+    });
+  }
   installErrorHandling(app, config.bodyLimitBytes);
   app.addHook("preValidation", refuseUnusableInput);
 
@@ -88,7 +124,10 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
       async () => ({ status: "ok" }),
     );
     registerOpenApiRoute(api);
-    registerExecuteRoutes(api, labelled);
+    registerExecuteRoutes(api, labelled, {
+      syncWaitMs: config.syncWaitMs ?? gatewaySettings.syncWaitMs.parse(undefined),
+      rpcTimeoutMs: config.rpcTimeoutMs ?? gatewaySettings.rpcTimeoutMs.parse(undefined),
+    });
     registerWorkflowRoutes(api, labelled);
     registerExecutionRoutes(api, labelled);
     registerHookRoutes(api, labelled);

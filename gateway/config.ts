@@ -27,8 +27,21 @@ export const gatewaySettings = {
     default: 30_000,
     min: 1,
   }),
+  syncWaitMs: env.int(
+    "GATEWAY_SYNC_WAIT_MS",
+    "how long POST /api/executeWorkflow waits for a run; one still going then answers 202 with a Location to poll, ms",
+    { default: 30_000, min: 0, max: 3_600_000 },
+  ),
+  corsOrigins: env.pattern(
+    "GATEWAY_CORS_ORIGINS",
+    "browser origins allowed to call the API (CORS), comma-separated, or *; empty: no CORS headers",
+    /^(\*|https?:\/\/[^\s,]+(\s*,\s*https?:\/\/[^\s,]+)*)$/,
+    "",
+  ),
   adminPort: adminPortSetting("gateway"),
   logLevel: commonSettings.logLevel,
+  otlpEndpoint: commonSettings.otlpEndpoint,
+  otelServiceName: commonSettings.otelServiceName,
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySettings>;

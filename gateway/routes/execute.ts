@@ -1,11 +1,18 @@
 import { createHash } from "node:crypto";
-import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import type { OutgoingHttpHeaders } from "node:http";
+import { create, type JsonObject, type JsonValue } from "@bufbuild/protobuf";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import type { FastifyInstance, FastifyReply, FastifyRequest } from "fastify";
 import { TokenKind } from "../../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { Trigger } from "../../services/platform/gen/flowplane/events/v1/execution_pb.js";
+import { ExecutionStatus, Trigger } from "../../services/platform/gen/flowplane/events/v1/execution_pb.js";
+import { type LiveEvent, LiveEventKind } from "../../services/platform/gen/flowplane/events/v1/run_pb.js";
+import {
+  type ExecuteResponse,
+  ExecuteResponseSchema,
+} from "../../services/platform/gen/flowplane/executor/v1/executor_pb.js";
 import { ExecutionBucket, principalOf, requireScope, workflowIdOfBody } from "../auth.js";
 import type { GatewayClients } from "../clients.js";
-import { badRequest } from "../errors.js";
+import { badRequest, errorAnswer, labelBackendError } from "../errors.js";
 import { executeResponseJson } from "../json.js";
 import { errorResponses, objectOf } from "../openapi.js";
 
@@ -14,6 +21,17 @@ interface ExecuteBody {
   version?: number;
   input?: JsonObject;
   conversationId?: string;
+}
+
+interface SyncExecuteBody extends ExecuteBody {
+  stream?: boolean;
+}
+
+export interface ExecuteRouteSettings {
+  /** GATEWAY_SYNC_WAIT_MS: a sync run still going after this long answers 202. */
+  syncWaitMs: number;
+  /** GATEWAY_RPC_TIMEOUT_MS: the deadline of an RPC beyond the time a run is allowed to take. */
+  rpcTimeoutMs: number;
 }
 
 const executeBodySchema = {
@@ -26,6 +44,17 @@ const executeBodySchema = {
     version: { type: "integer", minimum: 1, maximum: 2_147_483_647 },
     input: { type: "object" },
     conversationId: { type: "string", maxLength: 200 },
+  },
+} as const;
+
+const syncExecuteBodySchema = {
+  ...executeBodySchema,
+  properties: {
+    ...executeBodySchema.properties,
+    stream: {
+      type: "boolean",
+      description: "answer Server-Sent Events of the run's progress (same as Accept: text/event-stream)",
+    },
   },
 } as const;
 
@@ -48,6 +77,29 @@ const executeResponseSchema = {
     error: { type: "string", description: "why the run failed (status error)" },
   },
 } as const;
+
+const stillRunningSchema = objectOf(
+  {
+    conversationId: { type: "string" },
+    executionId: { type: "string", description: "poll GET /api/v1/executions/{executionId} (the Location)" },
+    status: { type: "string", enum: ["running"] },
+    creditUsage: { type: "integer", enum: [0], description: "charged when the run ends" },
+  },
+  "The run is still going after the gateway's sync wait (GATEWAY_SYNC_WAIT_MS, 30 s by default); it " +
+    "finishes in the background. Poll the Location header, GET /api/v1/executions/{executionId}.",
+);
+
+const SSE_DESCRIPTION = [
+  "With `stream: true` or `Accept: text/event-stream`: Server-Sent Events, each with `id: <n>` (1, 2, …),",
+  "`event:` and one line of JSON `data:`:",
+  '`started` {"conversationId", "executionId"};',
+  '`block` {"blockId", "name", "type", "status" (running, success, error, skipped), "startedAt",',
+  '"endedAt"?, "durationMs"?, "error"?} as blocks start and finish, in the order they run;',
+  "`result`: exactly the JSON body of the non-streaming answer, last;",
+  '`error` {"error", "code"}: the stream failed outside the run (e.g. the executor went away), last.',
+  "No sync wait applies; a client that disconnects does not stop or repeat the run.",
+  "Refusals before the run starts (key, scope, rate limit, input) are ordinary JSON errors.",
+].join(" ");
 
 const backgroundResponseSchema = objectOf(
   {
@@ -108,6 +160,139 @@ function markReplay(reply: FastifyReply, replay: boolean): void {
   if (replay) reply.header("idempotent-replayed", "true");
 }
 
+// How long a streamed run waits for the gateway's watch before starting anyway (the gateway or its
+// client went away in between); the watch normally attaches one round trip after the answer.
+const STREAM_START_HOLD_MS = 5_000;
+// A comment line this often keeps proxies from closing a quiet stream (a long wait block).
+const STREAM_KEEPALIVE_MS = 15_000;
+
+function wantsEventStream(request: FastifyRequest): boolean {
+  const accept = request.headers.accept;
+  return typeof accept === "string" && /(^|,)\s*text\/event-stream\s*(;|,|$)/i.test(accept);
+}
+
+function isFinal(status: ExecutionStatus): boolean {
+  return status === ExecutionStatus.SUCCESS || status === ExecutionStatus.ERROR;
+}
+
+/** A live block event as the stream's `block` data. */
+function blockEventJson(event: LiveEvent, startedAt: Map<string, Date>): Record<string, unknown> {
+  const at = event.at ? timestampDate(event.at) : new Date();
+  const base = { blockId: event.blockId, name: event.blockName, type: event.blockType };
+  if (event.kind === LiveEventKind.BLOCK_STARTED) {
+    startedAt.set(event.blockId, at);
+    return { ...base, status: "running", startedAt: at.toISOString() };
+  }
+  const started = startedAt.get(event.blockId) ?? at;
+  startedAt.delete(event.blockId);
+  return {
+    ...base,
+    status: event.blockStatus || "success",
+    startedAt: started.toISOString(),
+    endedAt: at.toISOString(),
+    durationMs: at.getTime() - started.getTime(),
+    ...(event.error !== undefined ? { error: event.error } : {}),
+  };
+}
+
+/**
+ * Answers Server-Sent Events for a sync run the executor answered at once (`res`, status running,
+ * or final on an idempotent replay): `started`, a `block` per live block event from WatchExecution,
+ * then `result` (the non-streaming answer's body) or `error`. The run is not tied to this
+ * connection: a client that goes away only ends the watch.
+ */
+async function streamExecution(
+  request: FastifyRequest,
+  reply: FastifyReply,
+  clients: GatewayClients,
+  res: ExecuteResponse,
+): Promise<void> {
+  const tenantId = principalOf(request).tenantId;
+  const { executionId, conversationId } = res;
+  reply.hijack();
+  const raw = reply.raw;
+  // Headers set so far (x-request-id, rate limits, CORS, Idempotent-Replayed) go out with the stream.
+  const headers: OutgoingHttpHeaders = {};
+  for (const [name, value] of Object.entries(reply.getHeaders())) {
+    if (value !== undefined) headers[name] = value;
+  }
+  raw.writeHead(200, {
+    ...headers,
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache, no-transform",
+    connection: "keep-alive",
+    // Tells nginx-style proxies not to buffer the stream.
+    "x-accel-buffering": "no",
+  });
+  const closed = new AbortController();
+  raw.on("close", () => closed.abort());
+  let id = 0;
+  const send = (event: string, data: unknown) => {
+    if (raw.writableEnded || raw.destroyed) return;
+    id += 1;
+    raw.write(`id: ${id}\nevent: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+  };
+  const keepalive = setInterval(() => {
+    if (!raw.writableEnded && !raw.destroyed) raw.write(": keep-alive\n\n");
+  }, STREAM_KEEPALIVE_MS);
+  const resultOf = async (): Promise<ExecuteResponse> => {
+    const { execution } = await clients.executions.getExecution({ tenantId, executionId });
+    return create(ExecuteResponseSchema, {
+      conversationId,
+      executionId,
+      output: execution!.output ?? {},
+      creditUsage: execution!.creditUsage,
+      status: execution!.status,
+      error: execution!.error,
+    });
+  };
+
+  try {
+    send("started", { conversationId, executionId });
+    let result: ExecuteResponse | undefined = isFinal(res.status) ? res : undefined;
+    if (!result) {
+      const startedAt = new Map<string, Date>();
+      let finished = false;
+      // No deadline: the stream lasts as long as the run (whose own timeout ends it).
+      const watch = clients.executions.watchExecution(
+        { tenantId, executionId },
+        { signal: closed.signal, timeoutMs: 0 },
+      );
+      for await (const { event } of watch) {
+        if (!event) continue;
+        if (event.kind === LiveEventKind.BLOCK_STARTED || event.kind === LiveEventKind.BLOCK_FINISHED) {
+          send("block", blockEventJson(event, startedAt));
+        } else if (event.kind === LiveEventKind.EXECUTION_FINISHED) {
+          finished = true;
+          break;
+        }
+      }
+      if (closed.signal.aborted) return;
+      // The finished event carries no credits; the stored execution does (and covers a watch that
+      // ended early).
+      result = await resultOf();
+      if (!finished && !isFinal(result.status)) {
+        send("error", { error: "the execution's progress could not be followed", code: "unavailable" });
+        return;
+      }
+    }
+    send("result", executeResponseJson(result));
+  } catch (err) {
+    if (closed.signal.aborted) return;
+    const answer = errorAnswer(labelBackendError("executor", err), request.id, 0);
+    if (!answer || answer.status >= 500) {
+      const level = answer?.status === 503 || answer?.status === 504 ? "warn" : "error";
+      request.log[level]({ err, executionId }, "execution stream failed");
+    }
+    const body =
+      answer && answer.status !== 500 ? answer.body : { error: "internal error", code: "internal" };
+    send("error", { error: body.error, code: body.code });
+  } finally {
+    clearInterval(keepalive);
+    if (!raw.writableEnded) raw.end();
+  }
+}
+
 /**
  * `x-flowplane-trigger: manual` marks a run started by a person (the `flowplane run` CLI). Only admin
  * keys may say so; integrations' app keys always run as "api", so their logs cannot be disguised.
@@ -122,37 +307,85 @@ function triggerOf(request: FastifyRequest): Trigger {
  * POST /api/executeWorkflow (seed 001): runs a workflow synchronously.
  * POST /api/executeWorkflowBackground (seed 001): queues it and answers at once.
  */
-export function registerExecuteRoutes(app: FastifyInstance, clients: GatewayClients): void {
-  app.post<{ Body: ExecuteBody }>(
+export function registerExecuteRoutes(
+  app: FastifyInstance,
+  clients: GatewayClients,
+  settings: ExecuteRouteSettings,
+): void {
+  app.post<{ Body: SyncExecuteBody }>(
     "/api/executeWorkflow",
     {
       schema: {
         summary: "Run a workflow and wait for its output",
         description:
           "Runs the workflow's latest (or the given) version with `input` and answers with the " +
-          "output components. Consumes one token of the workspace's sync execution bucket.",
+          "output components. Consumes one token of the workspace's sync execution bucket. A run " +
+          "still going after the gateway's sync wait (30 s by default) answers 202 with a Location " +
+          "to poll and finishes in the background. " +
+          SSE_DESCRIPTION,
         tags: ["execute"],
-        body: executeBodySchema,
-        response: { 200: executeResponseSchema, ...errorResponses([400, 404, 409, 413, 415]) },
+        body: syncExecuteBodySchema,
+        response: {
+          200: {
+            description: "The finished execution, or its progress as Server-Sent Events",
+            content: {
+              "application/json": { schema: executeResponseSchema },
+              "text/event-stream": {
+                schema: { type: "string", description: SSE_DESCRIPTION },
+              },
+            },
+          },
+          202: stillRunningSchema,
+          ...errorResponses([400, 404, 409, 413, 415]),
+        },
       },
-      config: { openapi: { headers: idempotencyHeaderDocs } },
+      config: {
+        openapi: {
+          headers: {
+            ...idempotencyHeaderDocs,
+            properties: {
+              ...idempotencyHeaderDocs.properties,
+              accept: {
+                type: "string",
+                description: "text/event-stream asks for Server-Sent Events (as `stream: true` does)",
+              },
+            },
+          },
+        },
+      },
       preValidation: requireScope(clients.auth, "workflows:execute", workflowIdOfBody, {
         bucket: ExecutionBucket.SYNC,
       }),
     },
     async (request, reply) => {
-      const { workflowId, version, input, conversationId } = request.body;
+      const { workflowId, version, input, conversationId, stream } = request.body;
+      const streaming = stream === true || wantsEventStream(request);
       const principal = principalOf(request);
-      const res = await clients.executions.execute({
-        tenantId: principal.tenantId,
-        workflowId,
-        version: version ?? 0,
-        input: input ?? {},
-        conversationId: conversationId ?? "",
-        trigger: triggerOf(request),
-        ...idempotencyOf(request),
-      });
+      const res = await clients.executions.execute(
+        {
+          tenantId: principal.tenantId,
+          workflowId,
+          version: version ?? 0,
+          input: input ?? {},
+          conversationId: conversationId ?? "",
+          trigger: triggerOf(request),
+          ...idempotencyOf(request),
+          // A stream answers once the run is stored and watches it; the run waits for the watch.
+          maxWaitMs: streaming ? 0 : settings.syncWaitMs,
+          startWhenWatchedMs: streaming ? STREAM_START_HOLD_MS : 0,
+        },
+        { timeoutMs: settings.syncWaitMs + settings.rpcTimeoutMs },
+      );
       markReplay(reply, res.idempotentReplay);
+      if (streaming) return streamExecution(request, reply, clients, res);
+      if (res.status === ExecutionStatus.RUNNING) {
+        return reply.code(202).header("location", `/api/v1/executions/${res.executionId}`).send({
+          conversationId: res.conversationId,
+          executionId: res.executionId,
+          status: "running",
+          creditUsage: 0,
+        });
+      }
       return executeResponseJson(res);
     },
   );

@@ -4,7 +4,7 @@
  */
 import { create, type JsonObject, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import type { JetStreamClient, NatsConnection } from "nats";
+import { ErrorCode, type JetStreamClient, type NatsConnection } from "nats";
 import { NotFoundError, UnavailableError } from "../platform/errors.js";
 import type { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { RunRequestedSchema } from "../platform/gen/flowplane/events/v1/run_pb.js";
@@ -270,13 +270,82 @@ function storedRow(row: NewExecutionRow & ExecutionResult): ExecutionRow {
   } as ExecutionRow;
 }
 
+/** How long Execute waits before answering (ExecuteRequest.max_wait_ms, start_when_watched_ms). */
+export interface SyncWait {
+  /** Answer with status running after this long; undefined waits for the end. */
+  maxWaitMs?: number;
+  /** Hold the run's start until a WatchExecution listens, up to this long; 0 starts at once. */
+  startWhenWatchedMs: number;
+}
+
+// Sync runs that outlived their caller's wait, per service instance, so stop() lets them finish.
+const detachedRuns = new WeakMap<object, Set<Promise<unknown>>>();
+
+/** Resolves once every sync run answered early (max_wait_ms) by this service instance has ended. */
+export async function detachedSyncRunsSettled(deps: Pick<ExecutionDeps, "syncRuns">): Promise<void> {
+  await Promise.allSettled([...(detachedRuns.get(deps.syncRuns) ?? [])]);
+}
+
+function trackDetached(
+  deps: ExecutionDeps,
+  run: Promise<unknown>,
+  executionId: string,
+  answeredEarly: () => boolean,
+): void {
+  const runs = detachedRuns.get(deps.syncRuns) ?? new Set<Promise<unknown>>();
+  detachedRuns.set(deps.syncRuns, runs);
+  const tracked = run.catch((err: unknown) => {
+    // The row was ended as an error by runSync; once answered early, nobody else hears of it.
+    if (answeredEarly()) deps.log.error({ err, executionId }, "detached sync run failed");
+  });
+  runs.add(tracked);
+  void tracked.finally(() => runs.delete(tracked));
+}
+
+// Bytes no LiveEvent decodes from (field 0): watchers skip the probe.
+const WATCH_PROBE = new Uint8Array([0x07]);
+const WATCH_PROBE_TIMEOUT_MS = 50;
+const WATCH_PROBE_RETRY_MS = 10;
+
+/**
+ * Resolves once somebody subscribes to the execution's live subject (WatchExecution subscribes
+ * before reading the row), or after `holdMs`. Core NATS answers a request on a subject nobody
+ * subscribes to with "no responders" at once; a watcher receives the probe and does not reply, so
+ * a timeout means a watcher listens.
+ */
+async function untilWatched(
+  deps: ExecutionDeps,
+  executionId: string,
+  holdMs: number,
+  signal: AbortSignal,
+): Promise<void> {
+  const deadline = Date.now() + holdMs;
+  while (Date.now() < deadline && !signal.aborted) {
+    try {
+      await deps.nc.request(deps.names.live(executionId), WATCH_PROBE, { timeout: WATCH_PROBE_TIMEOUT_MS });
+      return;
+    } catch (err) {
+      if ((err as { code?: unknown }).code !== ErrorCode.NoResponders) return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, WATCH_PROBE_RETRY_MS));
+  }
+}
+
 /**
  * Runs the workflow and answers once the execution is stored; its completion is published before
  * answering when JetStream acks in time, otherwise the outbox sweeper publishes it later. The row is
  * written as `running` when the run starts (so WatchExecution and CancelExecution find it, and live
  * block events are published as for background runs) and finished by one update at the end.
+ *
+ * With `wait.maxWaitMs` the answer comes after at most that long: a run still going answers status
+ * running and goes on, detached from the call (the RPC's signal never reached the run), ending
+ * exactly as it would have with the caller waiting.
  */
-export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<ExecuteResponse> {
+export async function executeWorkflow(
+  deps: ExecutionDeps,
+  cmd: ExecuteCommand,
+  wait: SyncWait = { startWhenWatchedMs: 0 },
+): Promise<ExecuteResponse> {
   const prepared = await prepareExecution(deps, cmd);
   const executionId = newId("exec");
   const runningRow: NewExecutionRow = {
@@ -286,9 +355,44 @@ export async function executeWorkflow(deps: ExecutionDeps, cmd: ExecuteCommand):
   // Asynchronous commit: a crash loses the run anyway, and the caller has been answered nothing.
   await insertExecution(deps.db, runningRow, prepared.newConversation, { asyncCommit: true });
   deps.live.started({ id: executionId, started_at: runningRow.started_at as Date });
+  const run = runSync(deps, cmd, prepared, runningRow, wait.startWhenWatchedMs);
+  if (wait.maxWaitMs === undefined) return run;
+
+  let answeredEarly = false;
+  trackDetached(deps, run, executionId, () => answeredEarly);
+  let timer: NodeJS.Timeout | undefined;
+  const ceiling = new Promise<undefined>((resolve) => {
+    timer = setTimeout(() => resolve(undefined), wait.maxWaitMs);
+  });
+  try {
+    const finished = await Promise.race([run, ceiling]);
+    if (finished) return finished;
+  } finally {
+    clearTimeout(timer);
+  }
+  answeredEarly = true;
+  return create(ExecuteResponseSchema, {
+    conversationId: prepared.conversationId,
+    executionId,
+    output: {},
+    creditUsage: 0n,
+    status: statusFromText("running"),
+  });
+}
+
+/** The run of a stored `running` sync execution, to its stored, published end. */
+async function runSync(
+  deps: ExecutionDeps,
+  cmd: ExecuteCommand,
+  prepared: PreparedExecution,
+  runningRow: NewExecutionRow,
+  startWhenWatchedMs: number,
+): Promise<ExecuteResponse> {
+  const executionId = runningRow.id;
   const abort = deps.syncRuns.register(executionId);
   let result: ExecutionResult & { started_at: Date };
   try {
+    if (startWhenWatchedMs > 0) await untilWatched(deps, executionId, startWhenWatchedMs, abort.signal);
     result = await runPrepared(deps, prepared, cmd.input, { executionId, signal: abort.signal, live: true });
   } catch (err) {
     // Not left running: the row ends as an error (published by the outbox sweeper).

@@ -15,6 +15,7 @@ import {
   executeInBackground,
   executeWorkflow,
   getConversation,
+  type SyncWait,
 } from "./executions.js";
 import { createHook, triggerHook } from "./hooks.js";
 import { fingerprintOf, type IdempotentCall, idempotent, validIdempotencyKey } from "./idempotency.js";
@@ -84,8 +85,23 @@ function executeCommand(req: {
   };
 }
 
-// How long past its expected end a first request holds its idempotency key (then a repeat may run).
-const LEASE_MARGIN_MS = 30_000;
+// The longest a streamed run is held for its watcher (start_when_watched_ms).
+const MAX_START_HOLD_MS = 30_000;
+
+function syncWaitOf(req: { maxWaitMs?: number; startWhenWatchedMs: number }): SyncWait {
+  if (req.startWhenWatchedMs > MAX_START_HOLD_MS) {
+    throw new InvalidArgumentError(`start_when_watched_ms must be at most ${MAX_START_HOLD_MS}`);
+  }
+  if (req.startWhenWatchedMs > 0 && req.maxWaitMs === undefined) {
+    // Held for a watcher, the caller must be answered before the run starts, or nobody watches.
+    throw new InvalidArgumentError("start_when_watched_ms needs max_wait_ms");
+  }
+  return { maxWaitMs: req.maxWaitMs, startWhenWatchedMs: req.startWhenWatchedMs };
+}
+
+// How long a first request holds its idempotency key without renewing it: the holder renews it
+// while it runs, so a crashed executor frees the key for a retry within this time.
+const IDEMPOTENCY_LEASE_MS = 15_000;
 
 function idempotentCall<S extends DescMessage>(
   req: { idempotencyKey: string; requestFingerprint: string },
@@ -203,11 +219,13 @@ export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof Execu
   return {
     async execute(req) {
       const cmd = executeCommand(req);
-      if (req.idempotencyKey === "") return executeWorkflow(deps, cmd);
+      const wait = syncWaitOf(req);
+      if (req.idempotencyKey === "") return executeWorkflow(deps, cmd, wait);
+      // A run answered early (status running) stores that answer: a repeat gets the same execution id.
       return idempotent(
         deps,
-        idempotentCall(req, cmd, "execute", ExecuteResponseSchema, deps.runTimeoutMs + LEASE_MARGIN_MS),
-        () => executeWorkflow(deps, cmd),
+        idempotentCall(req, cmd, "execute", ExecuteResponseSchema, IDEMPOTENCY_LEASE_MS),
+        () => executeWorkflow(deps, cmd, wait),
       );
     },
 
@@ -216,7 +234,7 @@ export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof Execu
       if (req.idempotencyKey === "") return executeInBackground(deps, cmd);
       return idempotent(
         deps,
-        idempotentCall(req, cmd, "execute_background", ExecuteBackgroundResponseSchema, LEASE_MARGIN_MS),
+        idempotentCall(req, cmd, "execute_background", ExecuteBackgroundResponseSchema, IDEMPOTENCY_LEASE_MS),
         () => executeInBackground(deps, cmd),
       );
     },

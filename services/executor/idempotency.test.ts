@@ -116,6 +116,35 @@ describe("idempotent", () => {
     expect(c.runs).toBe(1);
   });
 
+  it("renews a live holder's short lease, so a long run keeps its key", async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((resolve) => {
+      release = resolve;
+    });
+    const c = counter();
+    const shortLease = { ...callOf("k-renewed"), leaseMs: 300 };
+    const first = idempotent({ db, log }, shortLease, async () => {
+      await gate;
+      return c.run();
+    });
+    // Wait until the lease has been renewed past the first one's end: the holder is alive.
+    const claimedUntil = async () =>
+      (
+        await raw.query<{ until: Date }>(
+          "select locked_until as until from executor.idempotency_keys where key = 'k-renewed'",
+        )
+      ).rows[0]?.until.getTime();
+    let firstUntil: number | undefined;
+    while (firstUntil === undefined) firstUntil = await claimedUntil();
+    while (((await claimedUntil()) ?? 0) <= firstUntil) await new Promise((r) => setTimeout(r, 20));
+    // Still refused once the first lease would have run out (it was renewed in time).
+    while (Date.now() <= firstUntil + 50) await new Promise((r) => setTimeout(r, 20));
+    await expect(idempotent({ db, log }, shortLease, c.run)).rejects.toThrow(IN_PROGRESS_MESSAGE);
+    release();
+    expect((await first).executionId).toBe("exec_1");
+    expect(c.runs).toBe(1);
+  });
+
   it("releases the key when the request fails, so a retry runs", async () => {
     await expect(
       idempotent({ db, log }, callOf("k-fail"), async () => {

@@ -181,6 +181,17 @@ export async function idempotent<S extends DescMessage>(
   throw new AlreadyExistsError(IN_PROGRESS_MESSAGE);
 }
 
+async function renewLease<S extends DescMessage>(db: IdempotencyDb, call: IdempotentCall<S>): Promise<void> {
+  await db
+    .updateTable("idempotency_keys")
+    .set({ locked_until: sql<Date>`now() + ${call.leaseMs} * interval '1 millisecond'` })
+    .where("tenant_id", "=", call.tenantId)
+    .where("key", "=", call.key)
+    .where("fingerprint", "=", call.fingerprint)
+    .where("state", "=", "running")
+    .execute();
+}
+
 async function runAndStore<S extends DescMessage>(
   db: IdempotencyDb,
   log: Logger,
@@ -188,9 +199,19 @@ async function runAndStore<S extends DescMessage>(
   run: () => Promise<MessageShape<S>>,
 ): Promise<MessageShape<S>> {
   let response: MessageShape<S>;
+  // The lease is short and renewed while the request is served: a holder that dies (kill -9, crash)
+  // stops renewing, and a retry may claim the key once the lease runs out.
+  const renewal = setInterval(
+    () => {
+      renewLease(db, call).catch((err: unknown) => log.warn({ err }, "idempotency lease not renewed"));
+    },
+    Math.max(50, Math.floor(call.leaseMs / 3)),
+  );
+  renewal.unref();
   try {
     response = await run();
   } catch (err) {
+    clearInterval(renewal);
     await db
       .deleteFrom("idempotency_keys")
       .where("tenant_id", "=", call.tenantId)
@@ -202,6 +223,7 @@ async function runAndStore<S extends DescMessage>(
       .catch((releaseErr: unknown) => log.warn({ err: releaseErr }, "idempotency key not released"));
     throw err;
   }
+  clearInterval(renewal);
   await db
     .updateTable("idempotency_keys")
     .set({ state: "done", response: toBinary(call.response, response) })

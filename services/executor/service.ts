@@ -11,7 +11,7 @@ import { SyncRunAborts } from "./cancel.js";
 import { OutboxSweeper } from "./completion.js";
 import { FunctionSandbox } from "./engine/sandbox.js";
 import { engineSettingsSpec, readEngineSettings } from "./engine/settings.js";
-import type { ExecutionDeps } from "./executions.js";
+import { detachedSyncRunsSettled, type ExecutionDeps } from "./executions.js";
 import { executionHandlers, workflowHandlers } from "./handlers.js";
 import { LiveEvents } from "./live.js";
 import { ScheduleTicker } from "./schedules.js";
@@ -126,6 +126,8 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
         router.service(ExecutionService, executionHandlers(deps));
       },
       async stop() {
+        // Sync runs answered early (max_wait_ms) have no caller left to retry them: let them end.
+        await detachedSyncRunsSettled(deps);
         await ticker.stop();
         await workers.stop();
         await outbox.stop();

@@ -75,6 +75,13 @@ export async function* watchExecution(
         lastRowCheck = Date.now();
         const row = await findExecution(deps.db, tenantId, executionId);
         if (row && (row.status === "success" || row.status === "error")) {
+          // Block events are published before the row is finished and may still be on their way:
+          // a round trip to the server delivers this process's first, and they go out before the end.
+          await deps.nc.flush().catch(() => {});
+          for (let next = pending.shift(); next; next = pending.shift()) {
+            yield next;
+            if (next.kind === LiveEventKind.EXECUTION_FINISHED) return;
+          }
           yield finishedEvent(row);
           return;
         }
