@@ -241,6 +241,73 @@ describe("startStack with the machine's PostgreSQL and NATS", () => {
     expect(refused.stderr).not.toMatch(/\n\s+at /);
   });
 
+  it("runs gateway commands with dev.json's URL and key, with the documented exit codes", async () => {
+    const { workflowId } = JSON.parse(await readFile(path.join(dataDir, "dev.json"), "utf8"));
+    // Nothing from the machine's environment: the URL and key come from --data-dir's dev.json.
+    const noEnv = { FLOWPLANE_URL: "", FLOWPLANE_API_KEY: "", FLOWPLANE_WORKSPACE: "" };
+    const fromDev = ["--data-dir", dataDir];
+    const ok = await cli(
+      ["run", workflowId, "--input", "First Name=John", "--input", "Age=30", "--json", ...fromDev],
+      noEnv,
+    );
+    expect(ok.code).toBe(0);
+    expect(JSON.parse(ok.stdout)).toMatchObject({ output: demoOutput, status: "success" });
+
+    const unauthorized = await cli(["run", workflowId, "--api-key", "fp_test_bogus", ...fromDev], noEnv);
+    expect(unauthorized.code).toBe(3);
+    expect(unauthorized.stderr).toMatch(/^flowplane: 401: /);
+    const notFound = await cli(["run", "wf_unknown", "--input", "First Name=A", ...fromDev], noEnv);
+    expect(notFound.code).toBe(4);
+    const usage = await cli(["run", ...fromDev], noEnv);
+    expect(usage.code).toBe(2);
+    expect(usage.stderr).toMatch(/missing WORKFLOW_ID/);
+    const help = await cli(["help"]);
+    expect(help.code).toBe(0);
+    expect(help.stdout).toMatch(/Exit codes:\n\s+0\s+ok/);
+    expect(help.stdout).toMatch(/6\s+rate limited/);
+  });
+
+  it("logs --follow prints runs as they arrive until Ctrl-C, then exits 0", async () => {
+    const { apiKey, workflowId } = JSON.parse(await readFile(path.join(dataDir, "dev.json"), "utf8"));
+    const child = spawn(
+      process.execPath,
+      [...tsxNodeArgs(), MAIN, "logs", "--follow", "--interval", "200", "--data-dir", dataDir],
+      {
+        cwd: REPO_ROOT,
+        env: { ...process.env, FLOWPLANE_URL: "", FLOWPLANE_API_KEY: "" },
+        stdio: ["ignore", "pipe", "pipe"],
+      },
+    );
+    let stdout = "";
+    let stderr = "";
+    child.stdout?.on("data", (chunk: Buffer) => {
+      stdout += chunk.toString();
+    });
+    child.stderr?.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+    try {
+      await waitFor("the follower to start", () => {
+        if (child.exitCode !== null)
+          throw new Error(`logs --follow exited with ${child.exitCode}: ${stderr}`);
+        return stderr.includes("following logs since") ? true : undefined;
+      });
+      const executed = await execute(stack.gatewayUrl, apiKey, workflowId);
+      const executionId = executed.body.executionId as string;
+      await waitFor(
+        "the new run in the followed logs",
+        () => (stdout.includes(executionId) ? true : undefined),
+        20_000,
+      );
+      expect(stdout.split("\n")[0]).toBe("STARTED\tLEVEL\tTRIGGER\tWORKFLOW\tEXECUTION\tDURATION\tCOST");
+      child.kill("SIGINT");
+      expect(await exited).toBe(0);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+    }
+  });
+
   it("stop() leaves no child process alive", async () => {
     const pids = Object.values(stack.pids());
     expect(pids).toHaveLength(5);

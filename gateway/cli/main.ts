@@ -1,9 +1,10 @@
 /**
- * The `flowplane` command: `dev` (the whole stack on this machine), `migrate`, `tenant create`,
- * `token create`. Exit codes: 0 ok, 1 failure, 2 usage error.
+ * The `flowplane` command. Operator commands live here (`dev`, `migrate`, `tenant create`, `token
+ * create --workspace`, which talk to the services directly); the commands that go through the
+ * gateway with an API key are in commands/ (run, logs, workflow, token, notification).
+ * Exit codes: see EXIT in commands/common.ts.
  */
 import { spawn } from "node:child_process";
-import { readFile } from "node:fs/promises";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { timestampDate, timestampFromDate } from "@bufbuild/protobuf/wkt";
@@ -17,6 +18,17 @@ import {
 } from "../../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { createRpcClient } from "../../services/platform/rpc.js";
 import { bootstrapDemo } from "./bootstrap.js";
+import { checkUrl, parseOrUsage } from "./commands/common.js";
+import {
+  CommandError,
+  EXIT,
+  EXIT_CODES_HELP,
+  gatewayCommand,
+  processIo,
+  runGatewayCommand,
+  UsageError,
+} from "./commands/index.js";
+import { TOKEN_GATEWAY_USAGE } from "./commands/tokens.js";
 import { demoInput } from "./demo-workflow.js";
 import {
   entryPoint,
@@ -28,28 +40,27 @@ import {
   tsxNodeArgs,
 } from "./stack.js";
 
-/** Wrong invocation: the message and the command's usage go to stderr, exit code 2. */
-class UsageError extends Error {
-  constructor(
-    message: string,
-    readonly usage: string,
-  ) {
-    super(message);
-  }
-}
-
-/** An expected failure: only its message is shown, exit code 1. */
-class CommandError extends Error {}
-
 const MAIN_USAGE = `Usage: flowplane <command> [options]
 
-Commands:
-  dev              run the whole stack on this machine (what \`npm start\` runs)
-  migrate          apply every service's database migrations to DATABASE_URL
-  tenant create    create a workspace (tenant)
-  token create     create an API key for a workspace
-  run              run a workflow through the gateway (trigger "manual")
-  workflow push    publish a workflow definition (new workflow or next version)
+Operator commands (talk to the services directly):
+  dev                      run the whole stack on this machine (what \`npm start\` runs)
+  migrate                  apply every service's database migrations to DATABASE_URL
+  tenant create            create a workspace (tenant)
+  token create --workspace create an API key for any workspace (no key needed)
+
+Through the gateway, with an API key (--api-key, FLOWPLANE_API_KEY, or .flowplane/dev.json):
+  run WORKFLOW_ID          run a workflow (trigger "manual"); --background, --watch for live blocks
+  workflow push FILE       publish a workflow definition (new workflow or next version)
+  logs                     list execution logs; --follow prints new ones until Ctrl-C
+  token create|list|rotate|revoke|events
+                           the workspace's API keys
+  notification create|list|deliveries
+                           webhook, email and Slack subscriptions and their deliveries
+
+Human-readable output by default (tables; results on stdout, notes on stderr); --json for scripts.
+Gateway URL: --url, FLOWPLANE_URL, gatewayUrl in dev.json, else http://127.0.0.1:8080.
+
+${EXIT_CODES_HELP}
 
 Run \`flowplane <command> --help\` for a command's options.`;
 
@@ -88,7 +99,9 @@ Options:
 const TOKEN_USAGE = `Usage: flowplane token create --workspace WS --name NAME [--kind app|admin] [--scope SCOPE]...
                              [--workflow WF]... [--purpose TEXT] [--expires-at ISO] [--auth-url URL] [--json]
 
-Creates an API key and prints it. The key is shown only this once.
+The operator form: creates an API key in any workspace through the auth service (no key needed)
+and prints it. The key is shown only this once. Without --workspace, \`token create\` goes through
+the gateway with your key (see \`flowplane token --help\`).
 
 Options:
   --workspace WS   workspace (tenant) id (required)
@@ -103,43 +116,6 @@ Options:
   --auth-url URL   the auth service (default: AUTH_URL, else http://127.0.0.1:50051)
   --json           print the key and its metadata as JSON`;
 
-const RUN_USAGE = `Usage: flowplane run WORKFLOW_ID [--input NAME=VALUE]... [--input-json JSON] [--version N]
-                    [--conversation ID] [--background] [--json] [--api-key KEY] [--url URL] [--data-dir DIR]
-
-Runs a workflow through the gateway, as POST /api/executeWorkflow (or, with --background,
-/api/executeWorkflowBackground) does, and prints its output. With an admin key the execution is
-recorded with trigger "manual"; an app key's runs are recorded as "api".
-
-Options:
-  --input NAME=VALUE  one input field; VALUE is read as JSON when it parses (30, true, {"a":1}),
-                      else as a string. Repeat for several fields
-  --input-json JSON   the whole input object (fields given with --input are added to it)
-  --version N         the version to run (default: the latest)
-  --conversation ID   continue this conversation
-  --background        queue the run and print its ids instead of waiting for the output
-  --json              print the gateway's JSON answer as is
-  --api-key KEY       the key (default: FLOWPLANE_API_KEY, else apiKey in <data-dir>/dev.json)
-  --url URL           the gateway (default: FLOWPLANE_URL, else gatewayUrl in <data-dir>/dev.json,
-                      else http://127.0.0.1:8080)
-  --data-dir DIR      where \`flowplane dev\` saved dev.json (default: .flowplane)
-
-Exit codes: 0 the run succeeded (or was queued), 1 it failed or the gateway refused it, 2 usage error.`;
-
-const WORKFLOW_PUSH_USAGE = `Usage: flowplane workflow push FILE [--workflow WORKFLOW_ID] [--name NAME] [--description TEXT]
-                              [--folder ID] [--json] [--api-key KEY] [--url URL] [--data-dir DIR]
-
-Publishes the workflow definition in FILE (the seeds' workflowState JSON: blocks, edges, loops,
-parallels) through the gateway: as a new workflow (version 1), or with --workflow as that
-workflow's next version. Prints the workflow id. The key needs workflows:write.
-
-Options:
-  --workflow ID       publish a new version of this workflow instead of creating one
-  --name NAME         name of a new workflow (default: FILE's name without .json)
-  --description TEXT  description of a new workflow
-  --folder ID         folder of a new workflow
-  --json              print the gateway's JSON answer as is
-  --api-key, --url, --data-dir   as for \`flowplane run\``;
-
 const PLANS: Record<string, Plan> = {
   free: Plan.FREE,
   pro: Plan.PRO,
@@ -148,27 +124,8 @@ const PLANS: Record<string, Plan> = {
 };
 const KINDS: Record<string, TokenKind> = { app: TokenKind.APP, admin: TokenKind.ADMIN };
 
-/** Runs a parseArgs call; its complaints (unknown option, missing value) are usage errors. */
-function parseOrUsage<T>(parseCall: () => T, usage: string): T {
-  try {
-    return parseCall();
-  } catch (err) {
-    throw new UsageError((err as Error).message, usage);
-  }
-}
-
 function defaultAuthUrl(): string {
   return process.env.AUTH_URL?.trim() || "http://127.0.0.1:50051";
-}
-
-function checkUrl(value: string, flag: string, usage: string): string {
-  try {
-    const url = new URL(value);
-    if (url.protocol === "http:" || url.protocol === "https:") return value;
-  } catch {
-    // reported below
-  }
-  throw new UsageError(`${flag} must be an http(s) URL, got ${JSON.stringify(value)}`, usage);
 }
 
 /** Adds which service was called to a Connect error, so "connection refused" says where. */
@@ -320,230 +277,6 @@ async function tokenCreate(args: string[]): Promise<number> {
   process.stderr.write(
     `flowplane: this key${token?.id ? ` (${token.id})` : ""} will not be shown again; store it now.\n`,
   );
-  return 0;
-}
-
-/** `NAME=VALUE` → [name, value]; the value is JSON when it parses, else the text itself. */
-function parseInputField(raw: string): [string, unknown] {
-  const eq = raw.indexOf("=");
-  if (eq <= 0)
-    throw new UsageError(`--input must look like NAME=VALUE, got ${JSON.stringify(raw)}`, RUN_USAGE);
-  const text = raw.slice(eq + 1);
-  try {
-    return [raw.slice(0, eq), JSON.parse(text)];
-  } catch {
-    return [raw.slice(0, eq), text];
-  }
-}
-
-async function devCredentials(dataDir: string): Promise<{ apiKey?: string; gatewayUrl?: string }> {
-  try {
-    const saved = JSON.parse(await readFile(path.join(path.resolve(dataDir), "dev.json"), "utf8"));
-    return {
-      apiKey: typeof saved?.apiKey === "string" ? saved.apiKey : undefined,
-      gatewayUrl: typeof saved?.gatewayUrl === "string" ? saved.gatewayUrl : undefined,
-    };
-  } catch {
-    return {};
-  }
-}
-
-interface GatewayAccess {
-  baseUrl: string;
-  apiKey: string;
-}
-
-/** The gateway and key: flags, else FLOWPLANE_URL / FLOWPLANE_API_KEY, else `flowplane dev`'s dev.json. */
-async function gatewayAccess(
-  values: { "api-key"?: string; url?: string; "data-dir"?: string },
-  usage: string,
-): Promise<GatewayAccess> {
-  const saved = await devCredentials(values["data-dir"] ?? ".flowplane");
-  const apiKey = values["api-key"] ?? (process.env.FLOWPLANE_API_KEY?.trim() || saved.apiKey);
-  if (!apiKey) {
-    throw new UsageError(
-      "no API key: pass --api-key, set FLOWPLANE_API_KEY, or run `flowplane dev` first (it saves one in dev.json)",
-      usage,
-    );
-  }
-  const baseUrl = checkUrl(
-    values.url ?? (process.env.FLOWPLANE_URL?.trim() || saved.gatewayUrl || "http://127.0.0.1:8080"),
-    "--url",
-    usage,
-  );
-  return { baseUrl, apiKey };
-}
-
-/** POSTs JSON; a refusal's message goes to stderr. Runs are marked as started by a person. */
-async function postToGateway(
-  gateway: GatewayAccess,
-  route: string,
-  json: unknown,
-): Promise<{ ok: boolean; body: Record<string, unknown> }> {
-  let res: Response;
-  try {
-    res = await fetch(new URL(route, gateway.baseUrl), {
-      method: "POST",
-      headers: {
-        "content-type": "application/json",
-        "x-api-key": gateway.apiKey,
-        "x-flowplane-trigger": "manual",
-      },
-      body: JSON.stringify(json),
-    });
-  } catch (err) {
-    throw new CommandError(
-      `the gateway (${gateway.baseUrl}) could not be reached: ${(err as Error).message}`,
-    );
-  }
-  const text = await res.text();
-  let body: Record<string, unknown>;
-  try {
-    body = JSON.parse(text);
-  } catch {
-    throw new CommandError(`the gateway answered ${res.status} without JSON: ${text.slice(0, 200)}`);
-  }
-  if (!res.ok) process.stderr.write(`flowplane: ${res.status}: ${String(body.error ?? text)}\n`);
-  return { ok: res.ok, body };
-}
-
-async function workflowPush(args: string[]): Promise<number> {
-  const { values, positionals } = parseOrUsage(
-    () =>
-      parseArgs({
-        args,
-        strict: true,
-        allowPositionals: true,
-        options: {
-          workflow: { type: "string" },
-          name: { type: "string" },
-          description: { type: "string" },
-          folder: { type: "string" },
-          json: { type: "boolean" },
-          "api-key": { type: "string" },
-          url: { type: "string" },
-          "data-dir": { type: "string" },
-          help: { type: "boolean" },
-        },
-      }),
-    WORKFLOW_PUSH_USAGE,
-  );
-  if (values.help) return printUsage(WORKFLOW_PUSH_USAGE);
-  const [file, ...extra] = positionals;
-  if (!file) throw new UsageError("missing FILE", WORKFLOW_PUSH_USAGE);
-  if (extra.length > 0)
-    throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, WORKFLOW_PUSH_USAGE);
-  if (values.workflow && (values.name || values.description || values.folder)) {
-    throw new UsageError(
-      "--name, --description and --folder apply to a new workflow, not --workflow",
-      WORKFLOW_PUSH_USAGE,
-    );
-  }
-  let state: unknown;
-  try {
-    state = JSON.parse(await readFile(file, "utf8"));
-  } catch (err) {
-    throw new CommandError(`${file}: not a readable JSON file (${(err as Error).message})`);
-  }
-  const gateway = await gatewayAccess(values, WORKFLOW_PUSH_USAGE);
-  const { ok, body } = values.workflow
-    ? await postToGateway(gateway, `/api/v1/workflows/${encodeURIComponent(values.workflow)}/versions`, state)
-    : await postToGateway(gateway, "/api/v1/workflows", {
-        name: values.name ?? path.basename(file).replace(/\.json$/i, ""),
-        ...(values.description ? { description: values.description } : {}),
-        ...(values.folder ? { folderId: values.folder } : {}),
-        state,
-      });
-  if (values.json) print(JSON.stringify(body));
-  if (!ok) return 1;
-  if (!values.json) {
-    const workflowId = values.workflow ?? String(body.id);
-    const version = values.workflow ? body.version : body.latestVersion;
-    print(workflowId);
-    process.stderr.write(`flowplane: workflow ${workflowId} version ${String(version)} published\n`);
-  }
-  return 0;
-}
-
-async function runWorkflow(args: string[]): Promise<number> {
-  const { values, positionals } = parseOrUsage(
-    () =>
-      parseArgs({
-        args,
-        strict: true,
-        allowPositionals: true,
-        options: {
-          input: { type: "string", multiple: true },
-          "input-json": { type: "string" },
-          version: { type: "string" },
-          conversation: { type: "string" },
-          background: { type: "boolean" },
-          json: { type: "boolean" },
-          "api-key": { type: "string" },
-          url: { type: "string" },
-          "data-dir": { type: "string" },
-          help: { type: "boolean" },
-        },
-      }),
-    RUN_USAGE,
-  );
-  if (values.help) return printUsage(RUN_USAGE);
-  const [workflowId, ...extra] = positionals;
-  if (!workflowId) throw new UsageError("missing WORKFLOW_ID", RUN_USAGE);
-  if (extra.length > 0) throw new UsageError(`unexpected argument ${JSON.stringify(extra[0])}`, RUN_USAGE);
-
-  let input: Record<string, unknown> = {};
-  if (values["input-json"] !== undefined) {
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(values["input-json"]);
-    } catch {
-      throw new UsageError("--input-json is not valid JSON", RUN_USAGE);
-    }
-    if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) {
-      throw new UsageError("--input-json must be a JSON object", RUN_USAGE);
-    }
-    input = parsed as Record<string, unknown>;
-  }
-  for (const raw of values.input ?? []) {
-    const [name, value] = parseInputField(raw);
-    input[name] = value;
-  }
-  let version: number | undefined;
-  if (values.version !== undefined) {
-    version = /^\d{1,9}$/.test(values.version) ? Number(values.version) : 0;
-    if (version < 1) throw new UsageError("--version must be a positive integer", RUN_USAGE);
-  }
-
-  const gateway = await gatewayAccess(values, RUN_USAGE);
-  const route = values.background ? "/api/executeWorkflowBackground" : "/api/executeWorkflow";
-  const { ok, body } = await postToGateway(gateway, route, {
-    workflowId,
-    input,
-    ...(version !== undefined ? { version } : {}),
-    ...(values.conversation ? { conversationId: values.conversation } : {}),
-  });
-  if (values.json) print(JSON.stringify(body));
-  if (!ok) return 1;
-  if (values.background) {
-    if (!values.json) {
-      print(String(body.executionId));
-      process.stderr.write(
-        `flowplane: queued; conversation ${String(body.conversationId)} (POST /api/getConversationById shows it)\n`,
-      );
-    }
-    return 0;
-  }
-  if (!values.json) {
-    print(JSON.stringify(body.output ?? {}, null, 2));
-    process.stderr.write(
-      `flowplane: ${String(body.status)}; execution ${String(body.executionId)}, conversation ${String(body.conversationId)}, ${String(body.creditUsage)} credit(s)\n`,
-    );
-  }
-  if (body.status === "error") {
-    if (!values.json) process.stderr.write(`flowplane: the run failed: ${String(body.error)}\n`);
-    return 1;
-  }
   return 0;
 }
 
@@ -733,7 +466,20 @@ function runSubcommand(
   );
 }
 
+/** A gateway command, with Ctrl-C aborting it (logs --follow, run --watch end with exit code 0). */
+function gatewayRun(command: NonNullable<ReturnType<typeof gatewayCommand>>): Promise<number> {
+  const controller = new AbortController();
+  process.once("SIGINT", () => {
+    controller.abort();
+    // A second Ctrl-C leaves at once.
+    process.once("SIGINT", () => process.exit(130));
+  });
+  return runGatewayCommand(command, processIo(controller.signal));
+}
+
 async function run(argv: string[]): Promise<number> {
+  const viaGateway = gatewayCommand(argv);
+  if (viaGateway) return gatewayRun(viaGateway);
   const [command, ...rest] = argv;
   switch (command) {
     case undefined:
@@ -746,14 +492,16 @@ async function run(argv: string[]): Promise<number> {
       return dev(rest);
     case "migrate":
       return migrate(rest);
-    case "run":
-      return runWorkflow(rest);
-    case "workflow":
-      return runSubcommand("workflow", rest, { push: workflowPush }, WORKFLOW_PUSH_USAGE);
     case "tenant":
       return runSubcommand("tenant", rest, { create: tenantCreate }, TENANT_USAGE);
     case "token":
-      return runSubcommand("token", rest, { create: tokenCreate }, TOKEN_USAGE);
+      // Only the operator form of create and the group's help reach here (see gatewayCommand).
+      return runSubcommand(
+        "token",
+        rest,
+        { create: tokenCreate },
+        `${TOKEN_GATEWAY_USAGE}\n\n${TOKEN_USAGE}`,
+      );
     default:
       throw new UsageError(`unknown command ${JSON.stringify(command)}`, MAIN_USAGE);
   }
@@ -764,11 +512,15 @@ run(process.argv.slice(2)).then(
   (err: unknown) => {
     if (err instanceof UsageError) {
       process.stderr.write(`flowplane: ${err.message}\n\n${err.usage}\n`);
-      process.exit(2);
+      process.exit(EXIT.usage);
     }
     if (err instanceof ConfigError) {
       process.stderr.write(`flowplane: ${err.message}\n`);
-      process.exit(2);
+      process.exit(EXIT.usage);
+    }
+    if (err instanceof CommandError) {
+      process.stderr.write(`flowplane: ${err.message}\n`);
+      process.exit(err.exitCode);
     }
     // Expected failures (our own, a service's answer, a stack that would not start) without a stack trace.
     // Programming errors keep their stack; the rest (a service's answer, a stack that would not

@@ -4,11 +4,11 @@ import path from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { bootstrapDemo } from "../../gateway/cli/bootstrap.js";
 import { type Stack, startStack } from "../../gateway/cli/stack.js";
+import { createFlowplaneClient, type FlowplaneClient } from "../../gateway/client/index.js";
 import { type GrpcJsClient, grpcJsClient, unary } from "../helpers/grpc-js-client.js";
 import {
   createTestDatabase,
   deleteNamespaceStreams,
-  freePort,
   TEST_NATS_URL,
   type TestDatabase,
   testNamespace,
@@ -17,7 +17,9 @@ import {
 
 /**
  * The first slice end to end: every service as its own process on the real PostgreSQL and NATS,
- * driven only over plain HTTP the way an external client would.
+ * driven only over plain HTTP the way an external client would: through the typed REST client
+ * generated from the gateway's OpenAPI document (gateway/client), so a route whose shape drifts from
+ * the document fails to typecheck here.
  */
 describe("one workflow run through every service", () => {
   let db: TestDatabase;
@@ -28,20 +30,31 @@ describe("one workflow run through every service", () => {
   let workspaceId: string;
   let workflowId: string;
 
-  async function call(
-    method: string,
+  /** The typed client with `key` (none: no x-api-key header). */
+  function client(key?: string): FlowplaneClient {
+    return createFlowplaneClient({ baseUrl: stack.gatewayUrl, apiKey: key });
+  }
+
+  /** For the bodies the typed client cannot send (malformed JSON, wrong types): raw fetch. */
+  async function raw(
     route: string,
-    opts: { key?: string; body?: unknown; rawBody?: string } = {},
-  ): Promise<{ status: number; body: Record<string, unknown> }> {
-    const headers: Record<string, string> = {};
-    if (opts.key !== undefined) headers["x-api-key"] = opts.key;
-    let body: string | undefined;
-    if (opts.rawBody !== undefined || opts.body !== undefined) {
-      headers["content-type"] = "application/json";
-      body = opts.rawBody ?? JSON.stringify(opts.body);
-    }
-    const res = await fetch(`${stack.gatewayUrl}${route}`, { method, headers, body });
-    return { status: res.status, body: (await res.json()) as Record<string, unknown> };
+    key: string,
+    body: string,
+  ): Promise<{ status: number; body: { error?: unknown } }> {
+    const res = await fetch(`${stack.gatewayUrl}${route}`, {
+      method: "POST",
+      headers: { "x-api-key": key, "content-type": "application/json" },
+      body,
+    });
+    return { status: res.status, body: (await res.json()) as { error?: unknown } };
+  }
+
+  /** Any answer of the typed client as {status, body}; body is data or the error. */
+  async function answer(
+    pending: Promise<{ data?: unknown; error?: unknown; response: Response }>,
+  ): Promise<{ status: number; body: { error?: unknown } }> {
+    const { data, error, response } = await pending;
+    return { status: response.status, body: (data ?? error) as { error?: unknown } };
   }
 
   beforeAll(async () => {
@@ -81,39 +94,33 @@ describe("one workflow run through every service", () => {
   });
 
   it("creates an app token, runs the workflow, reads it back and finds it in the logs", async () => {
-    const created = await call("POST", "/api/v1/tokens", {
-      key: adminKey,
+    const created = await client(adminKey).POST("/api/v1/tokens", {
       body: {
         name: "e2e integration",
         purpose: "prove the slice",
         scopes: ["workflows:execute", "workflows:read", "logs:read"],
       },
     });
-    expect(created.status).toBe(201);
-    const token = created.body.data as { key: string; id: string; scopes: string[] };
+    expect(created.response.status).toBe(201);
+    const token = created.data!.data;
     expect(token.key).toMatch(/^fp_(live|test)_/);
     expect(token.scopes).toEqual(["workflows:execute", "workflows:read", "logs:read"]);
-    const appKey = token.key;
+    const app = client(token.key);
 
     // Seed 001's request, adapted only in host and key.
-    const executed = await call("POST", "/api/executeWorkflow", {
-      key: appKey,
+    const executed = await app.POST("/api/executeWorkflow", {
       body: { workflowId, version: 1, input: { "First Name": "John", Age: 30 } },
     });
-    expect(executed.status).toBe(200);
-    expect(executed.body.output).toEqual({ Greeting: "Hello John", "Next Age": 31 });
-    expect(executed.body.creditUsage).toBe(1);
-    const conversationId = executed.body.conversationId as string;
-    const executionId = executed.body.executionId as string;
+    expect(executed.response.status).toBe(200);
+    const result = executed.data as Exclude<typeof executed.data, string | undefined>;
+    expect(result).toMatchObject({ output: { Greeting: "Hello John", "Next Age": 31 }, creditUsage: 1 });
+    const { conversationId, executionId } = result;
     expect(conversationId).toMatch(/^conv_/);
     expect(executionId).toMatch(/^exec_/);
 
-    const conversation = await call("POST", "/api/getConversationById", {
-      key: appKey,
-      body: { workflowId, conversationId },
-    });
-    expect(conversation.status).toBe(200);
-    const executions = conversation.body.executions as Array<Record<string, unknown>>;
+    const conversation = await app.POST("/api/getConversationById", { body: { workflowId, conversationId } });
+    expect(conversation.response.status).toBe(200);
+    const executions = conversation.data!.executions;
     expect(executions).toHaveLength(1);
     expect(executions[0]).toMatchObject({
       executionId,
@@ -124,17 +131,16 @@ describe("one workflow run through every service", () => {
     });
 
     const listed = await waitFor("the execution in /api/v1/logs", async () => {
-      const res = await call("GET", `/api/v1/logs?workspaceId=${workspaceId}`, { key: appKey });
-      expect(res.status).toBe(200);
-      const data = res.body.data as Array<Record<string, unknown>>;
-      return data.find((log) => log.executionId === executionId);
+      const res = await app.GET("/api/v1/logs", { params: { query: { workspaceId } } });
+      expect(res.response.status).toBe(200);
+      return res.data!.data.find((log) => log.executionId === executionId);
     });
     expect(listed).toMatchObject({ workflowId, level: "info", trigger: "api", files: null });
     expect(listed).not.toHaveProperty("finalOutput");
 
-    const detail = await call("GET", `/api/v1/logs/${listed.id as string}`, { key: appKey });
-    expect(detail.status).toBe(200);
-    expect(detail.body.data).toMatchObject({
+    const detail = await app.GET("/api/v1/logs/{id}", { params: { path: { id: listed.id } } });
+    expect(detail.response.status).toBe(200);
+    expect(detail.data!.data).toMatchObject({
       id: listed.id,
       executionId,
       workflow: { id: workflowId, name: "Demo: greet" },
@@ -143,49 +149,66 @@ describe("one workflow run through every service", () => {
   });
 
   it("answers bad input on every route with 4xx and an error message", async () => {
-    const cases: Array<[string, Promise<{ status: number; body: Record<string, unknown> }>, number]> = [
-      ["execute without key", call("POST", "/api/executeWorkflow", { body: { workflowId } }), 401],
+    const anonymous = client();
+    const admin = client(adminKey);
+    const cases: Array<[string, Promise<{ status: number; body: { error?: unknown } }>, number]> = [
+      ["execute without key", answer(anonymous.POST("/api/executeWorkflow", { body: { workflowId } })), 401],
       [
         "execute with unknown key",
-        call("POST", "/api/executeWorkflow", { key: "fp_live_not-a-real-key", body: { workflowId } }),
+        answer(client("fp_live_not-a-real-key").POST("/api/executeWorkflow", { body: { workflowId } })),
         401,
       ],
       [
         "execute unknown workflow",
-        call("POST", "/api/executeWorkflow", {
-          key: adminKey,
-          body: { workflowId: "wf_unknown", input: {} },
-        }),
+        answer(admin.POST("/api/executeWorkflow", { body: { workflowId: "wf_unknown", input: {} } })),
         404,
       ],
-      [
-        "execute malformed JSON",
-        call("POST", "/api/executeWorkflow", { key: adminKey, rawBody: '{"workflowId": ' }),
-        400,
-      ],
+      ["execute malformed JSON", raw("/api/executeWorkflow", adminKey, '{"workflowId": '), 400],
       [
         "execute wrong type",
-        call("POST", "/api/executeWorkflow", { key: adminKey, body: { workflowId, version: "one" } }),
+        raw("/api/executeWorkflow", adminKey, JSON.stringify({ workflowId, version: "one" })),
         400,
       ],
       [
         "execute invalid input",
-        call("POST", "/api/executeWorkflow", { key: adminKey, body: { workflowId, input: { Age: "x" } } }),
+        answer(admin.POST("/api/executeWorkflow", { body: { workflowId, input: { Age: "x" } } })),
         400,
       ],
-      ["conversation without key", call("POST", "/api/getConversationById", { body: {} }), 401],
+      [
+        "conversation without key",
+        answer(
+          anonymous.POST("/api/getConversationById", { body: { workflowId, conversationId: "conv_x" } }),
+        ),
+        401,
+      ],
       [
         "conversation unknown",
-        call("POST", "/api/getConversationById", {
-          key: adminKey,
-          body: { workflowId, conversationId: "conv_unknown" },
-        }),
+        answer(
+          admin.POST("/api/getConversationById", { body: { workflowId, conversationId: "conv_unknown" } }),
+        ),
         404,
       ],
-      ["logs without key", call("GET", `/api/v1/logs?workspaceId=${workspaceId}`), 401],
-      ["logs without workspaceId", call("GET", "/api/v1/logs", { key: adminKey }), 400],
-      ["logs of another workspace", call("GET", "/api/v1/logs?workspaceId=ws_other", { key: adminKey }), 403],
-      ["log unknown", call("GET", "/api/v1/logs/log_unknown", { key: adminKey }), 404],
+      [
+        "logs without key",
+        answer(anonymous.GET("/api/v1/logs", { params: { query: { workspaceId } } })),
+        401,
+      ],
+      [
+        "logs without workspaceId",
+        // The document makes workspaceId required; leaving it out is the point here.
+        answer(admin.GET("/api/v1/logs", { params: { query: {} as { workspaceId: string } } })),
+        400,
+      ],
+      [
+        "logs of another workspace",
+        answer(admin.GET("/api/v1/logs", { params: { query: { workspaceId: "ws_other" } } })),
+        403,
+      ],
+      [
+        "log unknown",
+        answer(admin.GET("/api/v1/logs/{id}", { params: { path: { id: "log_unknown" } } })),
+        404,
+      ],
     ];
     for (const [name, pending, status] of cases) {
       const res = await pending;
@@ -195,18 +218,16 @@ describe("one workflow run through every service", () => {
   });
 
   it("refuses a key without the route's scope", async () => {
-    const created = await call("POST", "/api/v1/tokens", {
-      key: adminKey,
+    const created = await client(adminKey).POST("/api/v1/tokens", {
       body: { name: "logs reader", scopes: ["logs:read"] },
     });
-    expect(created.status).toBe(201);
-    const readerKey = (created.body.data as { key: string }).key;
-    const res = await call("POST", "/api/executeWorkflow", {
-      key: readerKey,
+    expect(created.response.status).toBe(201);
+    const readerKey = created.data!.data.key!;
+    const res = await client(readerKey).POST("/api/executeWorkflow", {
       body: { workflowId, input: { "First Name": "Ana" } },
     });
-    expect(res.status).toBe(403);
-    expect(res.body.error).toMatch(/workflows:execute/);
+    expect(res.response.status).toBe(403);
+    expect(res.error?.error).toMatch(/workflows:execute/);
   });
 
   it("serves the typed gRPC API to a plain grpc-js client on every service", async () => {
