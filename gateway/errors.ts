@@ -183,8 +183,10 @@ export type BackendName = "auth" | "executor" | "logs" | "notifier";
  */
 export function labelBackendError(backend: BackendName, err: unknown): unknown {
   if (!(err instanceof ConnectError)) return err;
-  if (err.code === Code.Unavailable) {
-    return new ConnectError(`${backend} service unavailable`, err.code, err.metadata, undefined, err);
+  // A backend that dies mid-call (kill -9, crash) resets the stream: connect reports Canceled, which
+  // would answer 499 as if the client had gone away. The client is still waiting; it is a 503.
+  if (err.code === Code.Unavailable || err.code === Code.Canceled) {
+    return new ConnectError(`${backend} service unavailable`, Code.Unavailable, err.metadata, undefined, err);
   }
   if (err.code === Code.DeadlineExceeded) {
     return new ConnectError(

@@ -11,7 +11,7 @@ import path from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { DEFAULT_ADMIN_PORTS } from "../../services/platform/admin.js";
 import { type LocalServer, startEmbeddedPostgres, startNatsServer } from "./embedded.js";
-import { commandLine, indent, isAlive, OutputTail } from "./processes.js";
+import { commandLine, indent, isAlive, OutputTail, waitForPidExit } from "./processes.js";
 
 export const SERVICE_NAMES = ["auth", "executor", "logs", "notifier"] as const;
 export type ServiceName = (typeof SERVICE_NAMES)[number];
@@ -93,6 +93,11 @@ export interface StackOptions {
   namespace?: string;
   /** Where embedded servers keep their data and the launcher its lock; default ".flowplane" in cwd. */
   dataDir?: string;
+  /**
+   * Ports of the embedded PostgreSQL and nats-server when the stack starts them; default: 54329 and
+   * 42229 when free, else any free port.
+   */
+  infrastructurePorts?: Partial<Record<InfrastructureName, number>>;
   /** Ports of the processes; 0 lets the process pick one. Defaults: 50051..50054 and 8080. */
   ports?: Partial<Record<ProcessName, number>>;
   /**
@@ -146,6 +151,23 @@ export interface Stack {
   /** Stops one process, replica 0 unless told (SIGTERM, then SIGKILL after the deadline). */
   stopProcess(name: ProcessName, replica?: number): Promise<void>;
   /**
+   * Kills one process (replica 0 unless told) with SIGKILL, no drain, and resolves once it is gone;
+   * `startProcess` brings it back. For fault-injection runs.
+   */
+  killProcess(name: ProcessName, replica?: number): Promise<void>;
+  /**
+   * Crashes the PostgreSQL or nats-server the stack started itself (PostgreSQL: immediate shutdown,
+   * SIGQUIT, so the next start runs crash recovery; nats-server: SIGKILL) and starts it again on the
+   * same port and data folder; resolves once it accepts connections. Throws when the stack was given
+   * that server's URL instead.
+   */
+  restartInfrastructure(which: InfrastructureName): Promise<void>;
+  /**
+   * Process ids of every child (all replicas) and of the servers the stack started itself (the
+   * PostgreSQL postmaster; its backends are its children).
+   */
+  allPids(): { name: string; pid: number }[];
+  /**
    * Starts a stopped process (replica 0 unless told) again with the same environment and port;
    * resolves when it is ready.
    */
@@ -153,6 +175,8 @@ export interface Stack {
   /** Stops every child, then the nats-server and PostgreSQL it started itself. */
   stop(): Promise<void>;
 }
+
+export type InfrastructureName = "postgres" | "nats";
 
 interface ChildState {
   name: ProcessName;
@@ -219,6 +243,7 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
 
   const unlock = await lockDataDir(dataDir);
   const ownedServers: LocalServer[] = [];
+  const ownedByName: Partial<Record<InfrastructureName, LocalServer>> = {};
   const children = new Map<string, ChildState>();
   const keyOf = (name: ProcessName, replica: number) => `${name}/${replica}`;
   const nodeArgs = tsxNodeArgs();
@@ -351,8 +376,16 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
   let natsUrl = nonEmpty(options.natsUrl) ?? nonEmpty(process.env.NATS_URL);
   try {
     const [postgres, nats] = await Promise.allSettled([
-      databaseUrl ? undefined : startEmbeddedPostgres({ dataDir, replaceOrphan: true }),
-      natsUrl ? undefined : startNatsServer({ dataDir, replaceOrphan: true }),
+      databaseUrl
+        ? undefined
+        : startEmbeddedPostgres({
+            dataDir,
+            replaceOrphan: true,
+            port: options.infrastructurePorts?.postgres,
+          }),
+      natsUrl
+        ? undefined
+        : startNatsServer({ dataDir, replaceOrphan: true, port: options.infrastructurePorts?.nats }),
     ]);
     // Keep whichever started so a failure of the other still stops it.
     for (const result of [postgres, nats]) {
@@ -360,6 +393,8 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     }
     if (postgres?.status === "rejected") throw postgres.reason;
     if (nats?.status === "rejected") throw nats.reason;
+    if (postgres?.status === "fulfilled" && postgres.value) ownedByName.postgres = postgres.value;
+    if (nats?.status === "fulfilled" && nats.value) ownedByName.nats = nats.value;
     if (postgres?.value) {
       databaseUrl = postgres.value.url;
       report(`postgres: embedded, data in ${path.join(dataDir, "postgres")}, port ${postgres.value.port}`);
@@ -403,46 +438,60 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     ...extra,
   });
   try {
-    // Auth first: logs (plans for retention), the notifier (limits in payloads) and the executor
-    // (execution tokens of hook and schedule runs) need its real address, which is only known once
-    // it reports ready when its port is 0.
-    await spawnChild(newState("auth", 0, serviceEnv("auth", 0)));
-    const started = await Promise.allSettled(
+    // Logs (plans for retention), the notifier (limits in payloads), the executor (execution tokens
+    // of hook and schedule runs) and the gateway need auth's address, the gateway every service's. A
+    // fixed port (replica 0, as `npm start` runs) is known before the process starts, so gateways
+    // whose upstreams all have fixed ports boot alongside the services; a port 0 is known only once
+    // its process reports ready, so then the gateways wait for the services.
+    const fixedUrl = (name: ProcessName, replica = 0) =>
+      replica === 0 && ports[name] !== 0 ? `http://127.0.0.1:${ports[name]}` : undefined;
+    const addressOf = (name: ProcessName, replica = 0) => fixedUrl(name, replica) ?? urlOf(name, replica);
+    const spawnAll = async (starts: (() => Promise<void>)[]) => {
+      const results = await Promise.allSettled(starts.map((start) => start()));
+      const failures = results.flatMap((result) => (result.status === "rejected" ? [result.reason] : []));
+      if (failures.length > 0) {
+        throw new Error(failures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"));
+      }
+    };
+    const auth = () => spawnChild(newState("auth", 0, serviceEnv("auth", 0)));
+    const services = () =>
       SERVICE_NAMES.filter((name) => name !== "auth").flatMap((name) =>
-        replicaIndexes(name).map((replica) =>
-          spawnChild(newState(name, replica, serviceEnv(name, replica, { AUTH_URL: urlOf("auth") }))),
+        replicaIndexes(name).map(
+          (replica) => () =>
+            spawnChild(newState(name, replica, serviceEnv(name, replica, { AUTH_URL: addressOf("auth") }))),
         ),
-      ),
-    );
-    const failures = started.flatMap((result) => (result.status === "rejected" ? [result.reason] : []));
-    if (failures.length > 0) {
-      throw new Error(failures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"));
-    }
-    // Gateway replica i talks to executor and notifier replica i, so every replica takes traffic.
-    const gateways = await Promise.allSettled(
-      replicaIndexes("gateway").map((replica) =>
-        spawnChild(
-          newState(
-            "gateway",
-            replica,
-            serviceEnv("gateway", replica, {
-              AUTH_URL: urlOf("auth"),
-              EXECUTOR_URL: urlOf("executor", replica % counts.executor),
-              LOGS_URL: urlOf("logs"),
-              NOTIFIER_URL: urlOf("notifier", replica % counts.notifier),
-            }),
-          ),
-        ),
-      ),
-    );
-    const gatewayFailures = gateways.flatMap((result) =>
-      result.status === "rejected" ? [result.reason] : [],
-    );
-    if (gatewayFailures.length > 0) {
-      throw new Error(
-        gatewayFailures.map((err) => (err instanceof Error ? err.message : String(err))).join("\n"),
       );
-    }
+    // Gateway replica i talks to executor and notifier replica i, so every replica takes traffic.
+    const upstreams = (replica: number): [ProcessName, number][] => [
+      ["auth", 0],
+      ["executor", replica % counts.executor],
+      ["logs", 0],
+      ["notifier", replica % counts.notifier],
+    ];
+    const gatewaysKnown = replicaIndexes("gateway").every((replica) =>
+      upstreams(replica).every(([name, i]) => fixedUrl(name, i) !== undefined),
+    );
+    const gateways = () =>
+      replicaIndexes("gateway").map(
+        (replica) => () =>
+          spawnChild(
+            newState(
+              "gateway",
+              replica,
+              serviceEnv("gateway", replica, {
+                AUTH_URL: addressOf("auth"),
+                EXECUTOR_URL: addressOf("executor", replica % counts.executor),
+                LOGS_URL: addressOf("logs"),
+                NOTIFIER_URL: addressOf("notifier", replica % counts.notifier),
+              }),
+            ),
+          ),
+      );
+    // Auth is ready before the services start even when its port is fixed: an executor's first
+    // schedule tick would otherwise be refused (fail closed) by an auth service still booting.
+    await spawnAll([auth]);
+    await spawnAll([...services(), ...(gatewaysKnown ? gateways() : [])]);
+    if (!gatewaysKnown) await spawnAll(gateways());
   } catch (err) {
     await stopChildren();
     await stopInfrastructure();
@@ -496,6 +545,42 @@ export async function startStack(options: StackOptions = {}): Promise<Stack> {
     },
     async stopProcess(name, replica = 0) {
       await terminate(stateOf(name, replica));
+    },
+    async killProcess(name, replica = 0) {
+      const state = stateOf(name, replica);
+      const child = state.child;
+      if (!child) return;
+      state.stopping = true;
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await state.closed;
+      state.child = undefined;
+    },
+    async restartInfrastructure(which) {
+      const server = ownedByName[which];
+      if (!server) throw new Error(`${which} was not started by this stack; it cannot restart it`);
+      if (stopping) throw new Error("the stack is stopping");
+      process.kill(server.pid, which === "postgres" ? "SIGQUIT" : "SIGKILL");
+      if (!(await waitForPidExit(server.pid, 30_000)))
+        throw new Error(`${which} (pid ${server.pid}) did not exit`);
+      // Releases what the launcher holds for it (log stream, pid and ports files); the process is gone.
+      await server.stop();
+      const started =
+        which === "postgres"
+          ? await startEmbeddedPostgres({ dataDir, port: server.port, replaceOrphan: true })
+          : await startNatsServer({ dataDir, port: server.port, replaceOrphan: true });
+      ownedServers[ownedServers.indexOf(server)] = started;
+      ownedByName[which] = started;
+    },
+    allPids() {
+      const out: { name: string; pid: number }[] = [];
+      for (const state of children.values()) {
+        if (state.child?.pid !== undefined) out.push({ name: state.label, pid: state.child.pid });
+      }
+      for (const which of ["postgres", "nats"] as const) {
+        const server = ownedByName[which];
+        if (server && server.pid > 0) out.push({ name: which, pid: server.pid });
+      }
+      return out;
     },
     async startProcess(name, replica = 0) {
       const state = stateOf(name, replica);

@@ -225,7 +225,7 @@ export async function processDeliveryTask(deps: DeliveryDeps, task: DeliveryTask
   if (!claimed) {
     const row = await deps.db
       .selectFrom("deliveries")
-      .select(["status", "round", "next_attempt_at"])
+      .select(["status", "round", "next_attempt_at", "locked_until"])
       .where("id", "=", task.deliveryId)
       .executeTakeFirst();
     const early =
@@ -234,6 +234,14 @@ export async function processDeliveryTask(deps: DeliveryDeps, task: DeliveryTask
       row.next_attempt_at !== null &&
       row.next_attempt_at.getTime() > nowMs;
     if (early) throw new RetryLaterError(row.next_attempt_at!.getTime() - nowMs);
+    // Claimed by an attempt that may have died with its process (or whose claim committed while the
+    // connection broke): come back when its lock runs out, or the delivery would never be sent.
+    const held =
+      row?.round === task.round &&
+      row.status === "delivering" &&
+      row.locked_until !== null &&
+      row.locked_until.getTime() > nowMs;
+    if (held) throw new RetryLaterError(row.locked_until!.getTime() - nowMs + 100);
     return;
   }
 

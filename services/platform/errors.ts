@@ -68,7 +68,10 @@ function isInfrastructureUnavailable(err: unknown): boolean {
   if (name === "NatsError" && /CONNECTION|TIMEOUT|DISCONNECT|CLOSED/i.test(String(code ?? err.message))) {
     return true;
   }
-  return /Connection terminated|timeout exceeded when trying to connect/i.test(err.message);
+  // pg's own wording (no code) for a pooled client whose connection broke mid-query or was closed.
+  return /Connection terminated|timeout exceeded when trying to connect|connection error and is not queryable|Client was closed and is not queryable/i.test(
+    err.message,
+  );
 }
 
 /**

@@ -3,7 +3,8 @@
  * `npm run bench -- NAME [NAME…]` the named ones. Each module exports `description`, `targets`
  * (metric → target text) and a default `run()` returning flat metrics; the runner writes
  * test/bench/results/<NAME>.json ({...metrics, machine}) and regenerates the README table between
- * `<!-- bench:start -->` and `<!-- bench:end -->` from every result file present.
+ * `<!-- bench:start -->` and `<!-- bench:end -->` from every result file present (`--no-readme`
+ * leaves README.md alone, for trying a bench out).
  */
 import { promises as fs } from "node:fs";
 import os from "node:os";
@@ -107,7 +108,9 @@ async function updateReadme(): Promise<void> {
 
 async function main(): Promise<number> {
   const available = await availableBenches();
-  const requested = process.argv.slice(2).filter((a) => a !== "--");
+  const args = process.argv.slice(2).filter((a) => a !== "--");
+  const writeReadme = !args.includes("--no-readme");
+  const requested = args.filter((a) => a !== "--no-readme");
   for (const name of requested) {
     if (!available.includes(name)) {
       process.stderr.write(`unknown bench "${name}"; available: ${available.join(", ")}\n`);
@@ -138,7 +141,7 @@ async function main(): Promise<number> {
       process.stderr.write(`  ${name} failed: ${err instanceof Error ? err.stack : String(err)}\n`);
     }
   }
-  await updateReadme();
+  if (writeReadme) await updateReadme();
   return failures > 0 ? 1 : 0;
 }
 

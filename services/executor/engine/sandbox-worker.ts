@@ -108,7 +108,14 @@ function memoryLimitMessage(): string {
 
 function run(task: SandboxTask): string {
   memoryCapHit = false;
-  const deadline = Date.now() + options.timeoutMs;
+  // CPU time of this thread, not wall time: on a loaded machine a trivial function can wait longer
+  // than the limit for a core, and must not fail for it (the main thread's watchdog bounds wall time).
+  const cpuStart = process.threadCpuUsage();
+  const limitMicros = options.timeoutMs * 1000;
+  const cpuSpent = () => {
+    const now = process.threadCpuUsage();
+    return now.user - cpuStart.user + (now.system - cpuStart.system);
+  };
   // Remembered because an interrupt inside a detached promise job does not surface as an error.
   let interrupted = false;
   const runtime = quickjs.newRuntime();
@@ -116,7 +123,7 @@ function run(task: SandboxTask): string {
     runtime.setMemoryLimit(options.memoryMb * MB);
     runtime.setMaxStackSize(QUICKJS_MAX_STACK);
     runtime.setInterruptHandler(() => {
-      if (Date.now() > deadline) interrupted = true;
+      if (cpuSpent() > limitMicros) interrupted = true;
       return interrupted;
     });
     const vm = runtime.newContext();

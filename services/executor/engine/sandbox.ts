@@ -13,8 +13,10 @@ export interface SandboxOptions {
 
 export type SandboxResult = { ok: true; value: JsonValue } | { ok: false; error: string };
 
-// The worker's own deadline fires first; this only catches native work QuickJS cannot interrupt.
+// The worker's own CPU deadline fires first; this wall-clock bound only catches native work QuickJS
+// cannot interrupt. It allows a loaded machine to give the thread a third of a core.
 const WATCHDOG_GRACE_MS = 2_000;
+const WATCHDOG_CPU_SHARE = 3;
 // Enough V8 stack for QuickJS's recursion check to trip before V8's own.
 const WORKER_STACK_MB = 16;
 const WORKER_URL = new URL("./sandbox-worker.ts", import.meta.url);
@@ -52,7 +54,7 @@ class SandboxThread {
   start(pending: PendingTask, watchdogMs: number): void {
     const watchdog = setTimeout(() => {
       // The function ignored its deadline (stuck in native code): the thread is replaced.
-      this.die(`timed out after ${watchdogMs - WATCHDOG_GRACE_MS} ms`);
+      this.die(`timed out after ${Math.round((watchdogMs - WATCHDOG_GRACE_MS) / WATCHDOG_CPU_SHARE)} ms`);
     }, watchdogMs);
     watchdog.unref();
     this.current = { ...pending, watchdog };
@@ -127,7 +129,7 @@ export class FunctionSandbox {
         if (this.threads.size >= this.options.workers) return;
         thread = this.spawn();
       }
-      thread.start(this.queue.shift()!, this.options.timeoutMs + WATCHDOG_GRACE_MS);
+      thread.start(this.queue.shift()!, this.options.timeoutMs * WATCHDOG_CPU_SHARE + WATCHDOG_GRACE_MS);
     }
   }
 
