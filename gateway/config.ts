@@ -42,6 +42,7 @@ export const gatewaySettings = {
   logLevel: commonSettings.logLevel,
   otlpEndpoint: commonSettings.otlpEndpoint,
   otelServiceName: commonSettings.otelServiceName,
+  shutdownTimeoutMs: commonSettings.shutdownTimeoutMs,
 };
 
 export type GatewayConfig = ConfigOf<typeof gatewaySettings>;

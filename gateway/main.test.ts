@@ -1,4 +1,6 @@
 import { type ChildProcess, fork } from "node:child_process";
+import http2 from "node:http2";
+import type { AddressInfo } from "node:net";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { freePort } from "../test/helpers/infra.js";
@@ -43,6 +45,46 @@ describe("gateway process", () => {
     expect(await res.json()).toEqual({ status: "ok" });
     child.kill("SIGTERM");
     expect(await exit).toBe(0);
+  });
+
+  it("stops within SHUTDOWN_TIMEOUT_MS on SIGTERM even when a request in flight never completes", async () => {
+    // An auth service that accepts calls and never answers: the request hangs inside the gateway.
+    const hung = http2.createServer();
+    hung.on("stream", () => {});
+    await new Promise<void>((resolve) => hung.listen(0, "127.0.0.1", resolve));
+    const authPort = (hung.address() as AddressInfo).port;
+    try {
+      const child = startGateway({
+        GATEWAY_PORT: "0",
+        GATEWAY_HOST: "127.0.0.1",
+        AUTH_URL: `http://127.0.0.1:${authPort}`,
+        GATEWAY_RPC_TIMEOUT_MS: "600000",
+        SHUTDOWN_TIMEOUT_MS: "300",
+      });
+      const exit = exited(child);
+      const ready = await new Promise<{ port: number }>((resolve, reject) => {
+        child.once("message", (msg) => resolve(msg as { port: number }));
+        child.once("exit", (code) => reject(new Error(`gateway exited with ${code} before it was ready`)));
+      });
+      let arrived: () => void = () => {};
+      const requestArrived = new Promise<void>((resolve) => {
+        arrived = resolve;
+      });
+      hung.once("stream", () => arrived());
+      const pending = fetch(`http://127.0.0.1:${ready.port}/api/v1/tokens`, {
+        headers: { "x-api-key": "fp_test_0123456789abcdef0123456789abcdef01234567" },
+      }).then(
+        (res) => res.status,
+        () => "connection closed",
+      );
+      await requestArrived;
+      child.kill("SIGTERM");
+      // Without the deadline the close would wait for the 10-minute RPC deadline.
+      expect(await exit).toBe(1);
+      expect(await pending).toBe("connection closed");
+    } finally {
+      hung.close();
+    }
   });
 
   it("serves its admin port: alive, not ready while the auth service is unreachable, and metrics", async () => {

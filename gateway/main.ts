@@ -51,6 +51,13 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ reason }, "shutting down");
+    // In-flight requests get until the deadline (a stream or a hung backend call must not keep the
+    // process alive); then every connection is cut and the process exits non-zero.
+    setTimeout(() => {
+      log.warn({ timeoutMs: config.shutdownTimeoutMs }, "drain deadline passed, closing connections");
+      app.server.closeAllConnections();
+      process.exit(1);
+    }, config.shutdownTimeoutMs).unref();
     app
       .close()
       .then(() => admin.close())

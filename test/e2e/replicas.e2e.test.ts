@@ -190,7 +190,10 @@ describe("replicated stack", () => {
         60_000,
       );
       expect(conversation).toHaveLength(1);
-      expect(conversation[0], JSON.stringify(conversation[0])).toMatchObject({ executionId: run.executionId, status: "success" });
+      expect(conversation[0], JSON.stringify(conversation[0])).toMatchObject({
+        executionId: run.executionId,
+        status: "success",
+      });
     }
 
     // Each executor finished some runs (each gateway talks to its own), and together exactly one per
