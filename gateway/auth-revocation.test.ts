@@ -1,88 +1,51 @@
-import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { authService } from "../services/auth/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { createLogger } from "../services/platform/log.js";
-import { createRpcClient } from "../services/platform/rpc.js";
 import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  freePort,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
-import { createGatewayClients } from "./clients.js";
+import { TEST_NATS_URL } from "../test/helpers/infra.js";
+import { clientsFor, listenGateway, type Stack, startStack } from "../test/helpers/stack.js";
 
 /**
  * Two gateways, each in front of its own auth replica (each with its one-second lookup cache), on
  * one database and one NATS: a key revoked or rotated through one is refused by both within 1 s.
  */
 describe("revocation across gateway replicas", () => {
-  let testDb: TestDatabase;
-  let namespace: string;
-  const replicas: RunningService[] = [];
-  const gateways: ReturnType<typeof buildGateway>[] = [];
+  let stack: Stack;
+  let second: RunningService | undefined;
+  let secondGateway: { close(): Promise<unknown> } | undefined;
   const urls: string[] = [];
-  let tenantId: string;
   let adminKey: string;
 
   beforeAll(async () => {
-    testDb = await createTestDatabase();
-    namespace = testNamespace();
-    const unused = `http://127.0.0.1:${await freePort()}`;
-    for (let i = 0; i < 2; i++) {
-      const replica = await startService(authService, {
-        DATABASE_URL: testDb.url,
-        NATS_URL: TEST_NATS_URL,
-        FLOWPLANE_NAMESPACE: namespace,
-        AUTH_PORT: "0",
-        AUTH_TOKEN_CACHE_TTL_MS: "1000",
-        AUTH_PLAN_PRO_API: "6000/6000",
-        LOG_LEVEL: "silent",
-      });
-      replicas.push(replica);
-      const gateway = buildGateway({
-        config: { bodyLimitBytes: 64 * 1024 },
-        log: createLogger("gateway", "silent"),
-        clients: createGatewayClients({
-          authUrl: `http://127.0.0.1:${replica.port}`,
-          executorUrl: unused,
-          logsUrl: unused,
-          rpcTimeoutMs: 10_000,
-        }),
-      });
-      await gateway.listen({ port: 0, host: "127.0.0.1" });
-      gateways.push(gateway);
-      urls.push(`http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`);
-    }
-    const authUrl = `http://127.0.0.1:${replicas[0]!.port}`;
-    const { tenant } = await createRpcClient(TenantService, authUrl).createTenant({
-      name: "Two",
-      plan: Plan.PRO,
+    const authEnv = { AUTH_TOKEN_CACHE_TTL_MS: "1000", AUTH_PLAN_PRO_API: "6000/6000" };
+    // The first replica and its gateway are the stack's; the second shares its database and NATS namespace.
+    stack = await startStack({
+      services: ["auth"],
+      serviceDefaults: false,
+      env: { auth: authEnv },
+      gateway: { bodyLimitBytes: 64 * 1024 },
+      tenant: "Two",
     });
-    tenantId = tenant!.id;
-    adminKey = (
-      await createRpcClient(AuthService, authUrl).createToken({
-        tenantId,
-        kind: TokenKind.ADMIN,
-        name: "admin",
-      })
-    ).secret;
+    urls.push(stack.baseUrl);
+    adminKey = stack.adminKey;
+    second = await startService(authService, {
+      DATABASE_URL: stack.databaseUrl,
+      NATS_URL: TEST_NATS_URL,
+      FLOWPLANE_NAMESPACE: stack.namespace,
+      AUTH_PORT: "0",
+      LOG_LEVEL: "silent",
+      ...authEnv,
+    });
+    const listening = await listenGateway(clientsFor({ auth: `http://127.0.0.1:${second.port}` }), {
+      config: { bodyLimitBytes: 64 * 1024 },
+    });
+    secondGateway = listening.gateway;
+    urls.push(listening.baseUrl);
   });
 
   afterAll(async () => {
-    for (const gateway of gateways) await gateway.close();
-    for (const replica of replicas) await replica.stop();
-    await testDb?.drop();
-    if (namespace) await deleteNamespaceStreams(namespace);
+    await secondGateway?.close();
+    await second?.stop();
+    await stack?.stop();
   });
 
   const probe = async (url: string, key: string) =>

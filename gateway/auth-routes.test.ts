@@ -1,69 +1,30 @@
-import type { AddressInfo } from "node:net";
 import { sql } from "kysely";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
-import { logsService } from "../services/logs/service.js";
 import { createDatabase } from "../services/platform/db.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
+import { Plan, TokenKind } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { WorkflowService } from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
-import { createLogger } from "../services/platform/log.js";
 import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { waitFor } from "../test/helpers/infra.js";
+import { type Answer, type Stack, startStack } from "../test/helpers/stack.js";
 import { demoInput, demoWorkflowState } from "./cli/demo-workflow.js";
-import { createGatewayClients } from "./clients.js";
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
-  body: any;
-}
+let stack: Stack;
 
-let testDb: TestDatabase;
-let namespace: string;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
-let baseUrl: string;
-let authUrl: string;
-let executorUrl: string;
-
+/** Every answer is JSON, never a 500, and a 4xx or 5xx carries {"error"}; a 503 is this file's to check. */
 async function call(
   method: string,
   path: string,
   opts: { key?: string; json?: unknown } = {},
 ): Promise<Answer> {
-  const headers: Record<string, string> = {};
-  if (opts.key !== undefined) headers["x-api-key"] = opts.key;
-  let body: string | undefined;
-  if (opts.json !== undefined) {
-    body = JSON.stringify(opts.json);
-    headers["content-type"] = "application/json";
-  }
-  const res = await fetch(`${baseUrl}${path}`, { method, headers, body });
-  const text = await res.text();
-  const parsed = JSON.parse(text);
+  const res = await stack.send(method, path, opts);
+  const parsed = JSON.parse(res.text);
   if (res.status >= 400) {
-    expect(typeof parsed.error, `${method} ${path} ${res.status} has an "error" string: ${text}`).toBe(
+    expect(typeof parsed.error, `${method} ${path} ${res.status} has an "error" string: ${res.text}`).toBe(
       "string",
     );
   }
-  expect(res.status, `${method} ${path}: ${text}`).not.toBe(500);
-  return { status: res.status, headers: res.headers, body: parsed };
+  expect(res.status, `${method} ${path}: ${res.text}`).not.toBe(500);
+  return { ...res, body: parsed };
 }
 
 interface Workspace {
@@ -73,8 +34,8 @@ interface Workspace {
 }
 
 async function workspace(plan: Plan): Promise<Workspace> {
-  const { tenant } = await createRpcClient(TenantService, authUrl).createTenant({ name: "ws", plan });
-  const { token, secret } = await createRpcClient(AuthService, authUrl).createToken({
+  const { tenant } = await stack.tenants.createTenant({ name: "ws", plan });
+  const { token, secret } = await stack.auth.createToken({
     tenantId: tenant!.id,
     kind: TokenKind.ADMIN,
     name: "admin",
@@ -83,7 +44,7 @@ async function workspace(plan: Plan): Promise<Workspace> {
 }
 
 async function appKey(ws: Workspace, scopes: string[], extra: { workflowIds?: string[] } = {}) {
-  const { token, secret } = await createRpcClient(AuthService, authUrl).createToken({
+  const { token, secret } = await stack.auth.createToken({
     tenantId: ws.tenantId,
     kind: TokenKind.APP,
     name: `app ${scopes.length}`,
@@ -94,7 +55,7 @@ async function appKey(ws: Workspace, scopes: string[], extra: { workflowIds?: st
 }
 
 async function demoWorkflow(tenantId: string): Promise<string> {
-  const { workflow } = await createRpcClient(WorkflowService, executorUrl).createWorkflow({
+  const { workflow } = await createRpcClient(WorkflowService, stack.urls.executor!).createWorkflow({
     tenantId,
     name: "Demo",
     description: "greets",
@@ -104,49 +65,28 @@ async function demoWorkflow(tenantId: string): Promise<string> {
 }
 
 beforeAll(async () => {
-  testDb = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: testDb.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const auth = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    // Pro is wide so that the scope matrix never meets a limit; Free keeps the contract's 10/20 and a
-    // tiny usage limit; Team's sync bucket holds two executions.
-    AUTH_PLAN_PRO_API: "6000/6000",
-    AUTH_PLAN_FREE_USAGE_LIMIT_USD: "0.0001",
-    AUTH_PLAN_TEAM_SYNC: "1/2",
+  stack = await startStack({
+    services: ["auth", "executor", "logs"],
+    serviceDefaults: false,
+    env: {
+      // Pro is wide so that the scope matrix never meets a limit; Free keeps the contract's 10/20 and a
+      // tiny usage limit; Team's sync bucket holds two executions; Enterprise's execution buckets
+      // refill one token a minute, so a count read after a slow run is still exact.
+      auth: {
+        AUTH_PLAN_PRO_API: "6000/6000",
+        AUTH_PLAN_FREE_USAGE_LIMIT_USD: "0.0001",
+        AUTH_PLAN_TEAM_SYNC: "1/2",
+        AUTH_PLAN_ENTERPRISE_SYNC: "1/120",
+        AUTH_PLAN_ENTERPRISE_ASYNC: "1/400",
+      },
+    },
+    gateway: { bodyLimitBytes: 64 * 1024 },
+    tenant: false,
   });
-  services.push(auth);
-  const executor = await startService(executorService, { ...common, EXECUTOR_PORT: "0" });
-  services.push(executor);
-  const logs = await startService(logsService, { ...common, LOGS_PORT: "0" });
-  services.push(logs);
-  authUrl = `http://127.0.0.1:${auth.port}`;
-  executorUrl = `http://127.0.0.1:${executor.port}`;
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 64 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl,
-      logsUrl: `http://127.0.0.1:${logs.port}`,
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
 });
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const service of services.reverse()) await service.stop();
-  await testDb?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 describe("token and tenant routes", () => {
@@ -249,7 +189,7 @@ describe("token and tenant routes", () => {
     expect((await call("GET", logsPath, { key: secondKey })).status).toBe(200);
 
     // Without grace (and no body at all): the secret in grace and the current one stop at once.
-    const res = await fetch(`${baseUrl}/api/v1/tokens/${id}/rotate`, {
+    const res = await fetch(`${stack.baseUrl}/api/v1/tokens/${id}/rotate`, {
       method: "POST",
       headers: { "x-api-key": ws.adminKey },
     });
@@ -465,7 +405,7 @@ describe("rate limits and usage at the edge", () => {
   });
 
   it("takes background executions from the async bucket and sync ones from the sync bucket", async () => {
-    const ws = await workspace(Plan.PRO);
+    const ws = await workspace(Plan.ENTERPRISE);
     const workflowId = await demoWorkflow(ws.tenantId);
     const queued = await call("POST", "/api/executeWorkflowBackground", {
       key: ws.adminKey,
@@ -479,8 +419,8 @@ describe("rate limits and usage at the edge", () => {
     expect(sync.status).toBe(200);
     const own = await call("GET", `/api/v1/tenants/${ws.tenantId}`, { key: ws.adminKey });
     expect(own.body.data.limits.workflowExecutionRateLimit).toMatchObject({
-      sync: { requestsPerMinute: 60, maxBurst: 120, remaining: 119 },
-      async: { requestsPerMinute: 200, maxBurst: 400, remaining: 399 },
+      sync: { requestsPerMinute: 1, maxBurst: 120, remaining: 119 },
+      async: { requestsPerMinute: 1, maxBurst: 400, remaining: 399 },
     });
   });
 
@@ -525,7 +465,7 @@ describe("rate limits and usage at the edge", () => {
   it("fails closed with 503, never 401 and never through, when the limiter's storage fails", async () => {
     const ws = await workspace(Plan.PRO);
     await call("GET", "/api/v1/tokens", { key: ws.adminKey });
-    const db = createDatabase({ url: testDb.url, schema: "auth", maxConnections: 1 });
+    const db = createDatabase({ url: stack.databaseUrl, schema: "auth", maxConnections: 1 });
     try {
       await sql`alter table rate_buckets rename to rate_buckets_away`.execute(db);
       try {

@@ -10,9 +10,7 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { FastifyInstance } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { generateApiKey } from "../services/auth/keys.js";
-import { createLogger } from "../services/platform/log.js";
-import { buildGateway } from "./app.js";
-import { createGatewayClients } from "./clients.js";
+import { clientsFor, listenGateway } from "../test/helpers/stack.js";
 import { labelBackendError } from "./errors.js";
 
 describe("a backend that dies mid-call", () => {
@@ -37,19 +35,12 @@ describe("a backend that dies mid-call", () => {
     });
     await new Promise<void>((resolve) => backend.listen(0, "127.0.0.1", resolve));
     const url = `http://127.0.0.1:${(backend.address() as AddressInfo).port}`;
-    gateway = buildGateway({
-      config: { bodyLimitBytes: 64 * 1024 },
-      log: createLogger("gateway", "silent"),
-      clients: createGatewayClients({
-        authUrl: url,
-        executorUrl: url,
-        logsUrl: url,
-        notifierUrl: url,
-        rpcTimeoutMs: 10_000,
-      }),
-    });
-    await gateway.listen({ port: 0, host: "127.0.0.1" });
-    baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+    ({ gateway, baseUrl } = await listenGateway(
+      clientsFor({ auth: url, executor: url, logs: url, notifier: url }),
+      {
+        config: { bodyLimitBytes: 64 * 1024 },
+      },
+    ));
   });
 
   afterAll(async () => {

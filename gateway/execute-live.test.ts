@@ -5,43 +5,27 @@
 import type { JsonObject } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../services/platform/log.js";
-import { type GatewayStack, startGatewayStack } from "../test/helpers/gateway-stack.js";
 import { waitFor } from "../test/helpers/infra.js";
+import { type Answer, clientsFor, type Stack, startStack } from "../test/helpers/stack.js";
 import { buildGateway } from "./app.js";
-import { createGatewayClients } from "./clients.js";
 
 // Small enough that a 4 s wait block outlives it, large enough for a run of no function block.
 const SYNC_WAIT_MS = 2_000;
 
-let stack: GatewayStack;
+let stack: Stack;
 let waitWorkflowId: string;
 let chainWorkflowId: string;
 let failingWorkflowId: string;
 let echoWorkflowId: string;
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  // biome-ignore lint/suspicious/noExplicitAny: bodies are asserted field by field
-  body: any;
-}
-
+/** As the workspace's admin; a body is sent as JSON and the answer parsed as JSON. */
 async function call(
   method: string,
   path: string,
   opts: { body?: unknown; headers?: Record<string, string> } = {},
 ): Promise<Answer> {
-  const res = await fetch(`${stack.baseUrl}${path}`, {
-    method,
-    headers: {
-      "x-api-key": stack.adminKey,
-      ...(opts.body !== undefined ? { "content-type": "application/json" } : {}),
-      ...opts.headers,
-    },
-    body: opts.body === undefined ? undefined : JSON.stringify(opts.body),
-  });
-  const text = await res.text();
-  return { status: res.status, headers: res.headers, body: text === "" ? undefined : JSON.parse(text) };
+  const res = await stack.send(method, path, { headers: opts.headers, key: stack.adminKey, json: opts.body });
+  return { ...res, body: res.text === "" ? undefined : JSON.parse(res.text) };
 }
 
 interface SseEvent {
@@ -92,7 +76,10 @@ async function logRowsOf(workflowId: string, executionId: string): Promise<unkno
 }
 
 beforeAll(async () => {
-  stack = await startGatewayStack({ gateway: { syncWaitMs: SYNC_WAIT_MS } });
+  stack = await startStack({
+    services: ["auth", "executor", "logs"],
+    gateway: { syncWaitMs: SYNC_WAIT_MS, rpcTimeoutMs: 10_000 },
+  });
   waitWorkflowId = await stack.createWorkflow("Slow", {
     blocks: {
       start: { id: "start", type: "input", name: "Input", config: { fields: [] } },
@@ -383,12 +370,7 @@ describe("CORS (GATEWAY_CORS_ORIGINS)", () => {
     return buildGateway({
       config: { bodyLimitBytes: 1024, corsOrigins },
       log: createLogger("gateway", "silent"),
-      clients: createGatewayClients({
-        authUrl: "http://127.0.0.1:9",
-        executorUrl: "http://127.0.0.1:9",
-        logsUrl: "http://127.0.0.1:9",
-        rpcTimeoutMs: 1_000,
-      }),
+      clients: clientsFor({}, 1_000),
     });
   }
 

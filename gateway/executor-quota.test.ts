@@ -2,48 +2,17 @@
  * Runs no API key started (inbound hooks, schedules) consume the workspace's async execution bucket
  * and are refused over the usage limit, through the auth service's ConsumeExecution.
  */
-import type { AddressInfo } from "node:net";
 import { Code, ConnectError } from "@connectrpc/connect";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
-import {
-  AuthService,
-  ExecutionBucket,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
+import { ExecutionBucket, Plan } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { newId } from "../services/platform/ids.js";
-import { createLogger } from "../services/platform/log.js";
-import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { waitFor } from "../test/helpers/infra.js";
+import { type Answer, type SendOptions, type Stack, startStack } from "../test/helpers/stack.js";
 import { demoWorkflowJson } from "./cli/demo-workflow.js";
-import { createGatewayClients } from "./clients.js";
 
-interface Answer {
-  status: number;
-  headers: Headers;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
-  body: any;
-}
-
-let db: TestDatabase;
-let namespace: string;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
-let baseUrl: string;
-let auth: ReturnType<typeof createRpcClient<typeof AuthService>>;
+let stack: Stack;
+let auth: Stack["auth"];
 let sql: pg.Pool;
 /** Free plan: an async bucket of one token per minute. */
 let freeTenant: string;
@@ -52,23 +21,9 @@ let freeKey: string;
 let brokeTenant: string;
 let brokeKey: string;
 
-async function call(
-  method: string,
-  path: string,
-  opts: { key?: string; json?: unknown; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.key !== undefined) headers["x-api-key"] = opts.key;
-  let body: string | undefined;
-  if (opts.json !== undefined) {
-    body = JSON.stringify(opts.json);
-    headers["content-type"] = "application/json";
-  }
-  const res = await fetch(`${baseUrl}${path}`, { method, headers, body });
-  const parsed = JSON.parse(await res.text());
-  expect(res.status, `${method} ${path} must never be a 500: ${JSON.stringify(parsed)}`).toBeLessThan(500);
-  return { status: res.status, headers: res.headers, body: parsed };
-}
+/** Every answer: never a 5xx, a JSON body, and a 4xx carries {"error"}. */
+const call = (method: string, path: string, opts?: SendOptions): Promise<Answer> =>
+  stack.call(method, path, opts);
 
 async function rpcError(work: Promise<unknown>): Promise<ConnectError> {
   try {
@@ -80,63 +35,30 @@ async function rpcError(work: Promise<unknown>): Promise<ConnectError> {
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const authRunning = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    AUTH_PLAN_FREE_API: "1000000/1000000",
-    AUTH_PLAN_FREE_ASYNC: "1/1",
-    AUTH_PLAN_TEAM_API: "1000000/1000000",
-    AUTH_PLAN_TEAM_USAGE_LIMIT_USD: "0",
+  stack = await startStack({
+    services: ["auth", "executor"],
+    env: {
+      auth: {
+        AUTH_PLAN_FREE_API: "1000000/1000000",
+        AUTH_PLAN_FREE_ASYNC: "1/1",
+        AUTH_PLAN_TEAM_API: "1000000/1000000",
+        AUTH_PLAN_TEAM_USAGE_LIMIT_USD: "0",
+      },
+      executor: (urls) => ({ AUTH_URL: urls.auth!, EXECUTOR_SCHEDULE_POLL_MS: "100" }),
+    },
+    tenant: false,
   });
-  services.push(authRunning);
-  const authUrl = `http://127.0.0.1:${authRunning.port}`;
-  const executor = await startService(executorService, {
-    ...common,
-    AUTH_URL: authUrl,
-    EXECUTOR_PORT: "0",
-    EXECUTOR_WORKER_CONCURRENCY: "2",
-    EXECUTOR_FUNCTION_WORKERS: "1",
-    EXECUTOR_SCHEDULE_POLL_MS: "100",
-  });
-  services.push(executor);
-  auth = createRpcClient(AuthService, authUrl);
-  const tenants = createRpcClient(TenantService, authUrl);
-  freeTenant = (await tenants.createTenant({ name: "Free", plan: Plan.FREE })).tenant!.id;
-  freeKey = (await auth.createToken({ tenantId: freeTenant, kind: TokenKind.ADMIN, name: "op" })).secret;
-  brokeTenant = (await tenants.createTenant({ name: "Broke", plan: Plan.TEAM })).tenant!.id;
-  brokeKey = (await auth.createToken({ tenantId: brokeTenant, kind: TokenKind.ADMIN, name: "op" })).secret;
-  sql = new pg.Pool({ connectionString: db.url, options: "-c search_path=executor", max: 2 });
+  auth = stack.auth;
+  ({ id: freeTenant, adminKey: freeKey } = await stack.newTenant("Free", Plan.FREE));
+  ({ id: brokeTenant, adminKey: brokeKey } = await stack.newTenant("Broke", Plan.TEAM));
+  sql = new pg.Pool({ connectionString: stack.databaseUrl, options: "-c search_path=executor", max: 2 });
   sql.on("error", () => {});
   sql.on("connect", (client) => client.on("error", () => {}));
-
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 256 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl: `http://127.0.0.1:${executor.port}`,
-      logsUrl: "http://127.0.0.1:1",
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
 }, 60_000);
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const service of services.reverse()) await service.stop();
   await sql?.end();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 async function createDemo(key: string): Promise<string> {

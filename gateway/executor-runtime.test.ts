@@ -1,145 +1,45 @@
 import { execFile } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
-import type { AddressInfo } from "node:net";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { createLogger } from "../services/platform/log.js";
-import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { waitFor } from "../test/helpers/infra.js";
+import { type Answer, type SendOptions, type Stack, startStack } from "../test/helpers/stack.js";
 import { demoWorkflowJson } from "./cli/demo-workflow.js";
 
 const demoWorkflowStateJson = () => structuredClone(demoWorkflowJson);
 
 import { tsxNodeArgs } from "./cli/stack.js";
-import { createGatewayClients } from "./clients.js";
 
-interface Answer {
-  status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
-  body: any;
-}
-
-let db: TestDatabase;
-let namespace: string;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
+let stack: Stack;
 let baseUrl: string;
 let adminKey: string;
 let readKey: string;
 let executeKey: string;
 let otherTenantKey: string;
 
-async function call(
-  method: string,
-  path: string,
-  opts: { key?: string; json?: unknown; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.key !== undefined) headers["x-api-key"] = opts.key;
-  let body: string | undefined;
-  if (opts.json !== undefined) {
-    body = JSON.stringify(opts.json);
-    headers["content-type"] = "application/json";
-  }
-  const res = await fetch(`${baseUrl}${path}`, { method, headers, body });
-  const parsed = JSON.parse(await res.text());
-  if (res.status >= 400)
-    expect(typeof parsed.error, `${method} ${path}: ${JSON.stringify(parsed)}`).toBe("string");
-  expect(res.status, `${method} ${path} must never be a 500: ${JSON.stringify(parsed)}`).toBeLessThan(500);
-  return { status: res.status, body: parsed };
-}
+/** Every answer: never a 5xx, a JSON body, and a 4xx carries {"error"}. */
+const call = (method: string, path: string, opts?: SendOptions): Promise<Answer> =>
+  stack.call(method, path, opts);
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  // Limits out of the way: this file polls and calls far more than a Pro plan's minute allows.
-  const auth = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    AUTH_PLAN_PRO_API: "1000000/1000000",
-    AUTH_PLAN_PRO_SYNC: "1000000/1000000",
-    AUTH_PLAN_PRO_ASYNC: "1000000/1000000",
+  // Limits out of the way (the stack's default): this file polls and calls far more than a Pro plan's minute allows.
+  stack = await startStack({
+    services: ["auth", "executor"],
+    env: { executor: (urls) => ({ AUTH_URL: urls.auth! }) },
+    tenant: "Runtime test",
   });
-  services.push(auth);
-  const executor = await startService(executorService, {
-    ...common,
-    AUTH_URL: `http://127.0.0.1:${auth.port}`,
-    EXECUTOR_PORT: "0",
-    EXECUTOR_WORKER_CONCURRENCY: "2",
-    EXECUTOR_FUNCTION_WORKERS: "1",
-  });
-  services.push(executor);
-  const authUrl = `http://127.0.0.1:${auth.port}`;
-  const tenants = createRpcClient(TenantService, authUrl);
-  const authClient = createRpcClient(AuthService, authUrl);
-  const { tenant } = await tenants.createTenant({ name: "Runtime test", plan: Plan.PRO });
-  const tenantId = tenant!.id;
-  adminKey = (await authClient.createToken({ tenantId, kind: TokenKind.ADMIN, name: "operator" })).secret;
-  readKey = (
-    await authClient.createToken({
-      tenantId,
-      kind: TokenKind.APP,
-      name: "reader",
-      scopes: ["workflows:read"],
-    })
-  ).secret;
-  executeKey = (
-    await authClient.createToken({
-      tenantId,
-      kind: TokenKind.APP,
-      name: "runner",
-      scopes: ["workflows:execute"],
-    })
-  ).secret;
-  const { tenant: other } = await tenants.createTenant({ name: "Other", plan: Plan.PRO });
-  otherTenantKey = (
-    await authClient.createToken({ tenantId: other!.id, kind: TokenKind.ADMIN, name: "other" })
-  ).secret;
-
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 256 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl: `http://127.0.0.1:${executor.port}`,
-      logsUrl: "http://127.0.0.1:1",
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+  baseUrl = stack.baseUrl;
+  adminKey = stack.adminKey;
+  const tenantId = stack.tenantId;
+  readKey = await stack.appKey(tenantId, "reader", ["workflows:read"]);
+  executeKey = await stack.appKey(tenantId, "runner", ["workflows:execute"]);
+  otherTenantKey = (await stack.newTenant("Other")).adminKey;
 });
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const service of services.reverse()) await service.stop();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 async function createDemo(folderId?: string): Promise<string> {

@@ -1,131 +1,43 @@
-import type { AddressInfo } from "node:net";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import type { RouteOptions } from "fastify";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { createLogger } from "../services/platform/log.js";
-import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { type Answer, type SendOptions, type Stack, startStack } from "../test/helpers/stack.js";
 import { demoWorkflowJson } from "./cli/demo-workflow.js";
-import { createGatewayClients } from "./clients.js";
-
-interface Answer {
-  status: number;
-  headers: Headers;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
-  body: any;
-}
 
 // biome-ignore lint/suspicious/noExplicitAny: the OpenAPI document is walked as plain JSON
 type Json = any;
 
-let db: TestDatabase;
-let namespace: string;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
+let stack: Stack;
 let baseUrl: string;
 let adminKey: string;
 let otherTenantKey: string;
 let document: Json;
 const registered: RouteOptions[] = [];
 
-async function call(
-  method: string,
-  path: string,
-  opts: { key?: string; json?: unknown; headers?: Record<string, string> } = {},
-): Promise<Answer> {
-  const headers: Record<string, string> = { ...opts.headers };
-  if (opts.key !== undefined) headers["x-api-key"] = opts.key;
-  let body: string | undefined;
-  if (opts.json !== undefined) {
-    body = JSON.stringify(opts.json);
-    headers["content-type"] = "application/json";
-  }
-  const res = await fetch(`${baseUrl}${path}`, { method, headers, body });
-  const text = await res.text();
-  const parsed = text === "" ? undefined : JSON.parse(text);
-  expect(res.status, `${method} ${path} must never be a 500: ${text}`).toBeLessThan(500);
-  if (res.status >= 400) expect(typeof parsed.error, `${method} ${path}: ${text}`).toBe("string");
-  return { status: res.status, headers: res.headers, body: parsed };
-}
+/** Every answer: never a 5xx, JSON, and a 4xx carries {"error"}. */
+const call = (method: string, path: string, opts?: SendOptions): Promise<Answer> =>
+  stack.call(method, path, opts);
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const auth = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    AUTH_PLAN_PRO_API: "1000000/1000000",
-    AUTH_PLAN_PRO_SYNC: "1000000/1000000",
-    AUTH_PLAN_PRO_ASYNC: "1000000/1000000",
+  stack = await startStack({
+    services: ["auth", "executor"],
+    tenant: "Product test",
+    // Routes are registered when the app loads, so this sees every one of them.
+    beforeListen: (gateway) =>
+      gateway.addHook("onRoute", (route) => {
+        registered.push(route);
+      }),
   });
-  services.push(auth);
-  const executor = await startService(executorService, {
-    ...common,
-    EXECUTOR_PORT: "0",
-    EXECUTOR_WORKER_CONCURRENCY: "2",
-    EXECUTOR_FUNCTION_WORKERS: "1",
-  });
-  services.push(executor);
-  const authUrl = `http://127.0.0.1:${auth.port}`;
-  const tenants = createRpcClient(TenantService, authUrl);
-  const authClient = createRpcClient(AuthService, authUrl);
-  const { tenant } = await tenants.createTenant({ name: "Product test", plan: Plan.PRO });
-  adminKey = (await authClient.createToken({ tenantId: tenant!.id, kind: TokenKind.ADMIN, name: "op" }))
-    .secret;
-  const { tenant: other } = await tenants.createTenant({ name: "Other", plan: Plan.PRO });
-  otherTenantKey = (
-    await authClient.createToken({ tenantId: other!.id, kind: TokenKind.ADMIN, name: "other" })
-  ).secret;
-
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 256 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl: `http://127.0.0.1:${executor.port}`,
-      logsUrl: "http://127.0.0.1:1",
-      notifierUrl: "http://127.0.0.1:1",
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  // Routes are registered when the app loads, so this sees every one of them.
-  gateway.addHook("onRoute", (route) => {
-    registered.push(route);
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
+  baseUrl = stack.baseUrl;
+  adminKey = stack.adminKey;
+  otherTenantKey = (await stack.newTenant("Other")).adminKey;
   const res = await call("GET", "/openapi.json");
   expect(res.status).toBe(200);
   document = res.body;
 }, 60_000);
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const service of services.reverse()) await service.stop();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 /** /api/v1/logs/:id → /api/v1/logs/{id} */

@@ -1,31 +1,11 @@
-import type { AddressInfo } from "node:net";
 import { create } from "@bufbuild/protobuf";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
-import { logsService } from "../services/logs/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { WorkflowStateSchema } from "../services/platform/gen/flowplane/events/v1/execution_pb.js";
 import { WorkflowService } from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
-import { createLogger } from "../services/platform/log.js";
 import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { waitFor } from "../test/helpers/infra.js";
+import { type Stack, startStack } from "../test/helpers/stack.js";
 import { demoWorkflowState } from "./cli/demo-workflow.js";
-import { createGatewayClients } from "./clients.js";
 
 const demoState = demoWorkflowState();
 
@@ -36,11 +16,7 @@ interface Answer {
   body: any;
 }
 
-let db: TestDatabase;
-let namespace: string;
-const services: RunningService[] = [];
-let executor: RunningService;
-let gateway: ReturnType<typeof buildGateway>;
+let stack: Stack;
 let baseUrl: string;
 
 let tenantId: string;
@@ -88,33 +64,18 @@ async function call(
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const auth = await startService(authService, { ...common, AUTH_PORT: "0" });
-  services.push(auth);
-  executor = await startService(executorService, { ...common, EXECUTOR_PORT: "0" });
-  services.push(executor);
-  const logs = await startService(logsService, { ...common, LOGS_PORT: "0" });
-  services.push(logs);
-
-  const authUrl = `http://127.0.0.1:${auth.port}`;
-  const executorUrl = `http://127.0.0.1:${executor.port}`;
-  const { tenant } = await createRpcClient(TenantService, authUrl).createTenant({
-    name: "Gateway test",
-    plan: Plan.PRO,
+  // The services' own defaults (plans, workers): this file checks the product as configured.
+  stack = await startStack({
+    services: ["auth", "executor", "logs"],
+    serviceDefaults: false,
+    gateway: { bodyLimitBytes: 64 * 1024 },
+    tenant: "Gateway test",
   });
-  tenantId = tenant!.id;
-  const authClient = createRpcClient(AuthService, authUrl);
-  adminKey = (await authClient.createToken({ tenantId, kind: TokenKind.ADMIN, name: "operator" })).secret;
-  logsOnlyKey = (
-    await authClient.createToken({ tenantId, kind: TokenKind.APP, name: "log poller", scopes: ["logs:read"] })
-  ).secret;
+  baseUrl = stack.baseUrl;
+  tenantId = stack.tenantId;
+  adminKey = stack.adminKey;
+  const executorUrl = stack.urls.executor!;
+  logsOnlyKey = await stack.appKey(tenantId, "log poller", ["logs:read"]);
   const { workflow } = await createRpcClient(WorkflowService, executorUrl).createWorkflow({
     tenantId,
     name: "Demo",
@@ -131,26 +92,10 @@ beforeAll(async () => {
     state: failing,
   });
   failingWorkflowId = created.workflow!.id;
-
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 64 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl,
-      logsUrl: `http://127.0.0.1:${logs.port}`,
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
 });
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const service of services.reverse()) await service.stop();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 const greetJohn = () => ({ workflowId, version: 1, input: { "First Name": "John", Age: 30 } });
@@ -463,7 +408,7 @@ describe("gateway", () => {
   });
 
   it("answers 503 quickly when the executor is down", async () => {
-    await executor.stop();
+    await stack.stopService("executor");
     const started = Date.now();
     const res = await call("POST", "/api/executeWorkflow", { key: adminKey, json: greetJohn() });
     expect(res.status).toBe(503);

@@ -2,18 +2,11 @@ import { randomBytes } from "node:crypto";
 import net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
+import type { FastifyInstance } from "fastify";
 import { connect, type NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { executorService } from "../services/executor/service.js";
 import { LOGS_CONSUMER } from "../services/logs/ingest.js";
 import { logsService } from "../services/logs/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import {
   type ExecutionCompleted,
   ExecutionCompletedSchema,
@@ -22,21 +15,12 @@ import {
   WorkflowStateSchema,
 } from "../services/platform/gen/flowplane/events/v1/execution_pb.js";
 import { WorkflowService } from "../services/platform/gen/flowplane/executor/v1/executor_pb.js";
-import { createLogger } from "../services/platform/log.js";
 import { type NatsNames, natsNames } from "../services/platform/nats.js";
 import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
+import { startService } from "../services/platform/service.js";
+import { TEST_NATS_URL, waitFor } from "../test/helpers/infra.js";
+import { clientsFor, listenGateway, type Stack, startStack } from "../test/helpers/stack.js";
 import { demoWorkflowState } from "./cli/demo-workflow.js";
-import { createGatewayClients } from "./clients.js";
 
 interface Answer {
   status: number;
@@ -44,15 +28,11 @@ interface Answer {
   body: any;
 }
 
-let db: TestDatabase;
-let namespace: string;
+let stack: Stack;
 let names: NatsNames;
 let nc: NatsConnection;
-const services: RunningService[] = [];
-const gateways: ReturnType<typeof buildGateway>[] = [];
+const gateways: FastifyInstance[] = [];
 let baseUrl: string;
-let authUrl: string;
-let executorUrl: string;
 
 let tenantId: string;
 let otherTenantId: string;
@@ -134,65 +114,36 @@ async function publishAll(events: ExecutionCompleted[]): Promise<void> {
   });
 }
 
+/** A gateway of its own in front of the stack, with the logs service at `logsUrl`. */
 async function startGateway(logsUrl: string): Promise<string> {
-  const gateway = buildGateway({
+  const { gateway, baseUrl: url } = await listenGateway(clientsFor({ ...stack.urls, logs: logsUrl }), {
     config: { bodyLimitBytes: 64 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({ authUrl, executorUrl, logsUrl, rpcTimeoutMs: 10_000 }),
   });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
   gateways.push(gateway);
-  return `http://127.0.0.1:${(gateway.server.address() as net.AddressInfo).port}`;
+  return url;
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  names = natsNames(namespace);
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  // Many calls from one tenant: lift the API-call rate limit out of the way.
-  const auth = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    AUTH_PLAN_PRO_API: "100000/100000",
+  stack = await startStack({
+    services: ["auth", "executor", "logs"],
+    serviceDefaults: false,
+    env: {
+      // Many calls from one tenant: lift the API-call rate limit out of the way.
+      auth: { AUTH_PLAN_PRO_API: "100000/100000" },
+      logs: { LOGS_RETENTION_DAYS_DEFAULT: "36500" },
+    },
+    gateway: { bodyLimitBytes: 64 * 1024 },
+    tenant: "Logs API",
   });
-  services.push(auth);
-  const executor = await startService(executorService, { ...common, EXECUTOR_PORT: "0" });
-  services.push(executor);
-  const logs = await startService(logsService, {
-    ...common,
-    LOGS_PORT: "0",
-    LOGS_RETENTION_DAYS_DEFAULT: "36500",
-  });
-  services.push(logs);
-  authUrl = `http://127.0.0.1:${auth.port}`;
-  executorUrl = `http://127.0.0.1:${executor.port}`;
-
-  const tenants = createRpcClient(TenantService, authUrl);
-  const authClient = createRpcClient(AuthService, authUrl);
-  tenantId = (await tenants.createTenant({ name: "Logs API", plan: Plan.PRO })).tenant!.id;
-  otherTenantId = (await tenants.createTenant({ name: "Someone else", plan: Plan.PRO })).tenant!.id;
-  adminKey = (await authClient.createToken({ tenantId, kind: TokenKind.ADMIN, name: "operator" })).secret;
-  logsKey = (
-    await authClient.createToken({ tenantId, kind: TokenKind.APP, name: "poller", scopes: ["logs:read"] })
-  ).secret;
-  executeOnlyKey = (
-    await authClient.createToken({
-      tenantId,
-      kind: TokenKind.APP,
-      name: "runner",
-      scopes: ["workflows:execute"],
-    })
-  ).secret;
-  otherKey = (await authClient.createToken({ tenantId: otherTenantId, kind: TokenKind.ADMIN, name: "other" }))
-    .secret;
+  names = natsNames(stack.namespace);
+  baseUrl = stack.baseUrl;
+  tenantId = stack.tenantId;
+  adminKey = stack.adminKey;
+  ({ id: otherTenantId, adminKey: otherKey } = await stack.newTenant("Someone else"));
+  logsKey = await stack.appKey(tenantId, "poller", ["logs:read"]);
+  executeOnlyKey = await stack.appKey(tenantId, "runner", ["workflows:execute"]);
   workflowId = (
-    await createRpcClient(WorkflowService, executorUrl).createWorkflow({
+    await createRpcClient(WorkflowService, stack.urls.executor!).createWorkflow({
       tenantId,
       name: "Demo",
       description: "Greets a person",
@@ -201,15 +152,12 @@ beforeAll(async () => {
     })
   ).workflow!.id;
   nc = await connect({ servers: TEST_NATS_URL });
-  baseUrl = await startGateway(`http://127.0.0.1:${logs.port}`);
 });
 
 afterAll(async () => {
   for (const g of gateways) await g.close();
-  for (const s of services.reverse()) await s.stop();
   await nc?.close();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 const logsPath = (params: Record<string, string>) =>
@@ -553,7 +501,7 @@ describe("infrastructure faults", () => {
   it("answers 503 when the logs service or its database is down, never 401 or 500", async () => {
     // A logs replica whose database connections run through a proxy we cut.
     const sockets = new Set<net.Socket>();
-    const dbUrl = new URL(db.url);
+    const dbUrl = new URL(stack.databaseUrl);
     const proxy = net.createServer((inbound) => {
       const upstream = net.connect(Number(dbUrl.port || 5432), dbUrl.hostname);
       sockets.add(inbound).add(upstream);
@@ -566,13 +514,13 @@ describe("infrastructure faults", () => {
       upstream.on("error", close).on("close", close);
     });
     await new Promise<void>((resolve) => proxy.listen(0, "127.0.0.1", resolve));
-    const proxied = new URL(db.url);
+    const proxied = new URL(stack.databaseUrl);
     proxied.hostname = "127.0.0.1";
     proxied.port = String((proxy.address() as net.AddressInfo).port);
     const replica = await startService(logsService, {
       DATABASE_URL: proxied.toString(),
       NATS_URL: TEST_NATS_URL,
-      FLOWPLANE_NAMESPACE: namespace,
+      FLOWPLANE_NAMESPACE: stack.namespace,
       LOGS_PORT: "0",
       LOG_LEVEL: "silent",
       LOGS_RETENTION_DAYS_DEFAULT: "36500",

@@ -1,50 +1,20 @@
 import { randomBytes } from "node:crypto";
-import type net from "node:net";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
 import { connect, type NatsConnection } from "nats";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
-import { notifierService } from "../services/notifier/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import {
   ExecutionCompletedSchema,
   ExecutionStatus,
   Trigger,
 } from "../services/platform/gen/flowplane/events/v1/execution_pb.js";
-import { createLogger } from "../services/platform/log.js";
 import { natsNames } from "../services/platform/nats.js";
-import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
+import { TEST_NATS_URL, waitFor } from "../test/helpers/infra.js";
+import { type Answer, type Stack, startStack } from "../test/helpers/stack.js";
 import { startWebhookReceiver, type WebhookReceiver } from "../test/helpers/webhook-receiver.js";
-import { buildGateway } from "./app.js";
-import { createGatewayClients } from "./clients.js";
 
-interface Answer {
-  status: number;
-  // biome-ignore lint/suspicious/noExplicitAny: response bodies are asserted field by field
-  body: any;
-}
-
-let db: TestDatabase;
-let namespace: string;
+let stack: Stack;
 let nc: NatsConnection;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
-let baseUrl: string;
 let receiver: WebhookReceiver;
 let tenantId: string;
 let adminKey: string;
@@ -54,82 +24,44 @@ let logsKey: string;
 let otherKey: string;
 
 async function call(method: string, path: string, key: string | undefined, body?: unknown): Promise<Answer> {
-  const headers: Record<string, string> = key === undefined ? {} : { "x-api-key": key };
-  if (body !== undefined) headers["content-type"] = "application/json";
-  const res = await fetch(`${baseUrl}${path}`, {
-    method,
-    headers,
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  const parsed = text === "" ? undefined : (JSON.parse(text) as Answer["body"]);
-  if (res.status >= 400) expect(typeof parsed?.error, `${method} ${path}: ${text}`).toBe("string");
-  expect(res.status, `${method} ${path}: ${text}`).not.toBe(500);
-  return { status: res.status, body: parsed };
+  const res = await stack.send(method, path, { key, json: body });
+  const parsed = res.text === "" ? undefined : JSON.parse(res.text);
+  if (res.status >= 400) expect(typeof parsed?.error, `${method} ${path}: ${res.text}`).toBe("string");
+  expect(res.status, `${method} ${path}: ${res.text}`).not.toBe(500);
+  return { ...res, body: parsed };
 }
 
 beforeAll(async () => {
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const auth = await startService(authService, {
-    ...common,
-    AUTH_PORT: "0",
-    AUTH_PLAN_PRO_API: "100000/100000",
+  stack = await startStack({
+    services: ["auth", "notifier"],
+    serviceDefaults: false,
+    env: {
+      auth: { AUTH_PLAN_PRO_API: "100000/100000" },
+      notifier: (urls) => ({
+        AUTH_URL: urls.auth!,
+        NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
+        NOTIFIER_MAX_SUBSCRIPTIONS: "3",
+      }),
+    },
+    gateway: { bodyLimitBytes: 64 * 1024 },
+    tenant: "Notifications",
   });
-  services.push(auth);
-  const authUrl = `http://127.0.0.1:${auth.port}`;
-  const notifier = await startService(notifierService, {
-    ...common,
-    NOTIFIER_PORT: "0",
-    AUTH_URL: authUrl,
-    NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
-    NOTIFIER_MAX_SUBSCRIPTIONS: "3",
-  });
-  services.push(notifier);
   receiver = await startWebhookReceiver();
   nc = await connect({ servers: TEST_NATS_URL });
 
-  const tenants = createRpcClient(TenantService, authUrl);
-  const authClient = createRpcClient(AuthService, authUrl);
-  tenantId = (await tenants.createTenant({ name: "Notifications", plan: Plan.PRO })).tenant!.id;
-  const otherTenantId = (await tenants.createTenant({ name: "Other", plan: Plan.PRO })).tenant!.id;
-  adminKey = (await authClient.createToken({ tenantId, kind: TokenKind.ADMIN, name: "operator" })).secret;
-  const app = (scopes: string[]) =>
-    authClient.createToken({ tenantId, kind: TokenKind.APP, name: scopes.join("+"), scopes });
-  appWriteKey = (await app(["notifications:write", "notifications:read"])).secret;
-  readKey = (await app(["notifications:read"])).secret;
-  logsKey = (await app(["logs:read"])).secret;
-  otherKey = (await authClient.createToken({ tenantId: otherTenantId, kind: TokenKind.ADMIN, name: "o" }))
-    .secret;
-
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 64 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl: "http://127.0.0.1:1",
-      logsUrl: "http://127.0.0.1:1",
-      notifierUrl: `http://127.0.0.1:${notifier.port}`,
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as net.AddressInfo).port}`;
+  tenantId = stack.tenantId;
+  adminKey = stack.adminKey;
+  otherKey = (await stack.newTenant("Other")).adminKey;
+  const app = (scopes: string[]) => stack.appKey(tenantId, scopes.join("+"), scopes);
+  appWriteKey = await app(["notifications:write", "notifications:read"]);
+  readKey = await app(["notifications:read"]);
+  logsKey = await app(["logs:read"]);
 });
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const s of services.reverse()) await s.stop();
+  await stack?.stop();
   await nc?.close();
   await receiver?.close();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
 });
 
 describe("notifications REST API", () => {
@@ -285,9 +217,13 @@ describe("notifications REST API", () => {
     });
     await nc
       .jetstream()
-      .publish(natsNames(namespace).executionCompleted(tenantId), toBinary(ExecutionCompletedSchema, event), {
-        msgID: `${executionId}:completed`,
-      });
+      .publish(
+        natsNames(stack.namespace).executionCompleted(tenantId),
+        toBinary(ExecutionCompletedSchema, event),
+        {
+          msgID: `${executionId}:completed`,
+        },
+      );
     const listed = await waitFor("a succeeded delivery", async () => {
       const answer = await call("GET", `/api/v1/notifications/${id}/deliveries`, readKey);
       return answer.body.data[0]?.status === "succeeded" ? answer.body : undefined;

@@ -2,54 +2,27 @@
  * Refusals the gateway decides itself, after the key was authorized, reach the token's audit trail
  * (issue 3), without the answer ever waiting for the auth service to record them.
  */
-import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { authService } from "../services/auth/service.js";
 import {
   AuthService,
   Plan,
   TenantService,
   TokenKind,
 } from "../services/platform/gen/flowplane/auth/v1/auth_pb.js";
-import { createLogger } from "../services/platform/log.js";
 import { createRpcClient } from "../services/platform/rpc.js";
-import { type RunningService, startService } from "../services/platform/service.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../test/helpers/infra.js";
-import { buildGateway } from "./app.js";
-import { createGatewayClients, type GatewayClients } from "./clients.js";
+import { waitFor } from "../test/helpers/infra.js";
+import { clientsFor, listenGateway, type Stack, startStack } from "../test/helpers/stack.js";
+import type { GatewayClients } from "./clients.js";
 
-let testDb: TestDatabase;
-let namespace: string;
-let auth: RunningService;
+// Only auth runs: every request here is refused at the gateway, executor and logs are never reached.
+let stack: Stack;
 let authUrl: string;
-const gateways: ReturnType<typeof buildGateway>[] = [];
+const gateways: { close(): Promise<unknown> }[] = [];
 
 async function startGateway(clients: GatewayClients): Promise<string> {
-  const gateway = buildGateway({
-    config: { bodyLimitBytes: 64 * 1024 },
-    log: createLogger("gateway", "silent"),
-    clients,
-  });
+  const { gateway, baseUrl } = await listenGateway(clients, { config: { bodyLimitBytes: 64 * 1024 } });
   gateways.push(gateway);
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  return `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
-}
-
-function clientsFor(url: string): GatewayClients {
-  return createGatewayClients({
-    authUrl: url,
-    // Never reached: every request here is refused at the gateway.
-    executorUrl: "http://127.0.0.1:9",
-    logsUrl: "http://127.0.0.1:9",
-    rpcTimeoutMs: 10_000,
-  });
+  return baseUrl;
 }
 
 async function workspaceWithKeys() {
@@ -69,28 +42,23 @@ async function workspaceWithKeys() {
 }
 
 beforeAll(async () => {
-  testDb = await createTestDatabase();
-  namespace = testNamespace();
-  auth = await startService(authService, {
-    DATABASE_URL: testDb.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-    AUTH_PORT: "0",
+  stack = await startStack({
+    services: ["auth"],
+    serviceDefaults: false,
+    gateway: { bodyLimitBytes: 64 * 1024 },
+    tenant: false,
   });
-  authUrl = `http://127.0.0.1:${auth.port}`;
+  authUrl = stack.authUrl;
 });
 
 afterAll(async () => {
   for (const gateway of gateways) await gateway.close();
-  await auth?.stop();
-  await testDb?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
+  await stack?.stop();
 });
 
 describe("refusals decided by the gateway", () => {
   it("appear in the token's audit trail: another workspace's id, an app key on an admin route", async () => {
-    const baseUrl = await startGateway(clientsFor(authUrl));
+    const baseUrl = stack.baseUrl;
     const ws = await workspaceWithKeys();
     const other = await workspaceWithKeys();
 
@@ -125,7 +93,7 @@ describe("refusals decided by the gateway", () => {
   });
 
   it("answers at once even when recording the refusal hangs or fails", async () => {
-    const clients = clientsFor(authUrl);
+    const clients = clientsFor({ auth: authUrl });
     const hanging: GatewayClients = {
       ...clients,
       auth: { ...clients.auth, recordRefusal: () => new Promise<never>(() => {}) },

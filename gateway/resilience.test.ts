@@ -6,14 +6,18 @@
 import http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createLogger } from "../services/platform/log.js";
-import { type GatewayStack, startGatewayStack } from "../test/helpers/gateway-stack.js";
-import { buildGateway } from "./app.js";
-import { createGatewayClients } from "./clients.js";
+import {
+  clientsFor,
+  listenGateway,
+  type ServiceUrls,
+  type Stack,
+  sendTo,
+  startStack,
+} from "../test/helpers/stack.js";
 
 const RPC_TIMEOUT_MS = 400;
 
-let stack: GatewayStack;
+let stack: Stack;
 let silent: http2.Http2Server;
 let silentUrl: string;
 const sessions = new Set<http2.ServerHttp2Session>();
@@ -34,40 +38,26 @@ async function request(
   body?: unknown,
 ): Promise<Answer> {
   const began = Date.now();
-  const res = await fetch(`${baseUrl}${path}`, {
-    method,
-    headers: { "x-api-key": key, ...(body !== undefined ? { "content-type": "application/json" } : {}) },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const parsed = (await res.json()) as Answer["body"];
-  return { status: res.status, ms: Date.now() - began, body: parsed };
+  const res = await sendTo(baseUrl, method, path, { key, json: body });
+  return { status: res.status, ms: Date.now() - began, body: JSON.parse(res.text) };
 }
 
 /** A gateway of its own in front of the stack, with some backends swapped for other URLs. */
 async function gatewayWith(
-  urls: Partial<{ authUrl: string; executorUrl: string; logsUrl: string }>,
+  urls: ServiceUrls,
   settings: { rpcTimeoutMs: number; syncWaitMs?: number },
 ): Promise<{ url: string; close: () => Promise<void> }> {
-  const app = buildGateway({
-    config: { bodyLimitBytes: 64 * 1024, ...settings },
-    log: createLogger("gateway", "silent"),
-    clients: createGatewayClients({
-      authUrl: stack.urls.auth,
-      executorUrl: stack.urls.executor,
-      logsUrl: stack.urls.logs,
-      ...urls,
-      rpcTimeoutMs: settings.rpcTimeoutMs,
-    }),
-  });
-  await app.listen({ port: 0, host: "127.0.0.1" });
-  return {
-    url: `http://127.0.0.1:${(app.server.address() as AddressInfo).port}`,
-    close: () => app.close(),
-  };
+  const { gateway, baseUrl } = await listenGateway(
+    clientsFor({ ...stack.urls, ...urls }, settings.rpcTimeoutMs),
+    {
+      config: { bodyLimitBytes: 64 * 1024, ...settings },
+    },
+  );
+  return { url: baseUrl, close: () => gateway.close() };
 }
 
 beforeAll(async () => {
-  stack = await startGatewayStack();
+  stack = await startStack({ services: ["auth", "executor", "logs"], gateway: { rpcTimeoutMs: 10_000 } });
   // No function block: a restarted executor's sandbox start is not what these tests time.
   workflowId = await stack.createWorkflow("Echo", {
     blocks: {
@@ -98,7 +88,7 @@ afterAll(async () => {
 
 describe("a backend that never answers", () => {
   it("answers 504 {error} within the RPC deadline when the auth service hangs", async () => {
-    const gateway = await gatewayWith({ authUrl: silentUrl }, { rpcTimeoutMs: RPC_TIMEOUT_MS });
+    const gateway = await gatewayWith({ auth: silentUrl }, { rpcTimeoutMs: RPC_TIMEOUT_MS });
     try {
       const res = await request(gateway.url, "POST", "/api/executeWorkflow", stack.adminKey, { workflowId });
       expect(res.status).toBe(504);
@@ -115,7 +105,7 @@ describe("a backend that never answers", () => {
 
   it("answers 504 when the executor hangs: reads within the RPC deadline, runs within sync wait + deadline", async () => {
     const gateway = await gatewayWith(
-      { executorUrl: silentUrl },
+      { executor: silentUrl },
       { rpcTimeoutMs: RPC_TIMEOUT_MS, syncWaitMs: 300 },
     );
     try {

@@ -1,35 +1,14 @@
-import type { AddressInfo } from "node:net";
 import { SpanKind } from "@opentelemetry/api";
 import type { InMemorySpanExporter, ReadableSpan } from "@opentelemetry/sdk-trace";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { buildGateway } from "../../gateway/app.js";
 import { demoWorkflowState } from "../../gateway/cli/demo-workflow.js";
-import { createGatewayClients } from "../../gateway/clients.js";
-import { instrumentGateway } from "../../gateway/observability.js";
-import { authService } from "../../services/auth/service.js";
-import { executorService } from "../../services/executor/service.js";
-import { logsService } from "../../services/logs/service.js";
-import { notifierService } from "../../services/notifier/service.js";
-import {
-  AuthService,
-  Plan,
-  TenantService,
-  TokenKind,
-} from "../../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { WorkflowService } from "../../services/platform/gen/flowplane/executor/v1/executor_pb.js";
 import { createLogger } from "../../services/platform/log.js";
 import { createRpcClient } from "../../services/platform/rpc.js";
-import { type RunningService, startService } from "../../services/platform/service.js";
 import { installInMemoryTracing } from "../../services/platform/telemetry.js";
-import {
-  createTestDatabase,
-  deleteNamespaceStreams,
-  TEST_NATS_URL,
-  type TestDatabase,
-  testNamespace,
-  waitFor,
-} from "../helpers/infra.js";
+import { waitFor } from "../helpers/infra.js";
+import { type Stack, startStack } from "../helpers/stack.js";
 import { startWebhookReceiver, type WebhookReceiver } from "../helpers/webhook-receiver.js";
 
 /**
@@ -38,10 +17,8 @@ import { startWebhookReceiver, type WebhookReceiver } from "../helpers/webhook-r
  * so one in-memory exporter sees every span; the hops between them are real h2c RPC, JetStream and HTTP.
  */
 let exporter: InMemorySpanExporter;
-let db: TestDatabase;
+let stack: Stack;
 let namespace: string;
-const services: RunningService[] = [];
-let gateway: ReturnType<typeof buildGateway>;
 let baseUrl: string;
 let receiver: WebhookReceiver;
 let apiKey: string;
@@ -49,58 +26,24 @@ let workflowId: string;
 
 beforeAll(async () => {
   exporter = installInMemoryTracing();
-  db = await createTestDatabase();
-  namespace = testNamespace();
-  const common = {
-    DATABASE_URL: db.url,
-    NATS_URL: TEST_NATS_URL,
-    FLOWPLANE_NAMESPACE: namespace,
-    LOG_LEVEL: "silent",
-  };
-  const auth = await startService(authService, { ...common, AUTH_PORT: "0" });
-  services.push(auth);
-  const authUrl = `http://127.0.0.1:${auth.port}`;
-  const executor = await startService(executorService, {
-    ...common,
-    EXECUTOR_PORT: "0",
-    EXECUTOR_FUNCTION_WORKERS: "1",
-    EXECUTOR_OUTBOX_INTERVAL_MS: "100",
+  stack = await startStack({
+    serviceDefaults: false,
+    env: {
+      executor: { EXECUTOR_FUNCTION_WORKERS: "1", EXECUTOR_OUTBOX_INTERVAL_MS: "100" },
+      notifier: (urls) => ({ AUTH_URL: urls.auth!, NOTIFIER_ALLOW_PRIVATE_TARGETS: "true" }),
+    },
+    gatewayLog: createLogger("gateway", "silent", { requestIdFromContext: false }),
+    instrument: true,
+    tenant: "Traced",
   });
-  services.push(executor);
-  const logs = await startService(logsService, { ...common, LOGS_PORT: "0" });
-  services.push(logs);
-  const notifier = await startService(notifierService, {
-    ...common,
-    NOTIFIER_PORT: "0",
-    AUTH_URL: authUrl,
-    NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
-  });
-  services.push(notifier);
+  namespace = stack.namespace;
+  baseUrl = stack.baseUrl;
+  apiKey = stack.adminKey;
   receiver = await startWebhookReceiver();
 
-  gateway = buildGateway({
-    config: { bodyLimitBytes: 256 * 1024 },
-    log: createLogger("gateway", "silent", { requestIdFromContext: false }),
-    clients: createGatewayClients({
-      authUrl,
-      executorUrl: `http://127.0.0.1:${executor.port}`,
-      logsUrl: `http://127.0.0.1:${logs.port}`,
-      notifierUrl: `http://127.0.0.1:${notifier.port}`,
-      rpcTimeoutMs: 10_000,
-    }),
-  });
-  instrumentGateway(gateway);
-  await gateway.listen({ port: 0, host: "127.0.0.1" });
-  baseUrl = `http://127.0.0.1:${(gateway.server.address() as AddressInfo).port}`;
-
-  const tenants = createRpcClient(TenantService, authUrl);
-  const authClient = createRpcClient(AuthService, authUrl);
-  const { tenant } = await tenants.createTenant({ name: "Traced", plan: Plan.PRO });
-  apiKey = (await authClient.createToken({ tenantId: tenant!.id, kind: TokenKind.ADMIN, name: "ops" }))
-    .secret;
-  const workflows = createRpcClient(WorkflowService, `http://127.0.0.1:${executor.port}`);
+  const workflows = createRpcClient(WorkflowService, stack.urls.executor!);
   const { workflow } = await workflows.createWorkflow({
-    tenantId: tenant!.id,
+    tenantId: stack.tenantId,
     name: "traced",
     description: "",
     state: demoWorkflowState(),
@@ -109,11 +52,8 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
-  await gateway?.close();
-  for (const s of services.reverse()) await s.stop();
+  await stack?.stop();
   await receiver?.close();
-  await db?.drop();
-  if (namespace) await deleteNamespaceStreams(namespace);
 });
 
 async function post(path: string, body: unknown, headers: Record<string, string> = {}) {
@@ -219,7 +159,7 @@ describe("one trace from the REST call to the webhook it causes", () => {
     const execute = await waitFor("the Execute server span", () =>
       spansOf(traceId).find((s) => s.name === "flowplane.executor.v1.ExecutionService/Execute"),
     );
-    const client = new pg.Client({ connectionString: db.url });
+    const client = new pg.Client({ connectionString: stack.databaseUrl });
     await client.connect();
     try {
       const { rows } = await client.query<{ traceparent: string | null }>(
