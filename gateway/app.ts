@@ -8,6 +8,7 @@ import Fastify, {
   LogController,
 } from "fastify";
 import type { Logger } from "../services/platform/log.js";
+import { installRefusalAudit } from "./auth.js";
 import { type GatewayClients, labelClients } from "./clients.js";
 import { type GatewayConfig, gatewaySettings } from "./config.js";
 import { registerDocs } from "./docs.js";
@@ -104,6 +105,7 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
   app.addHook("preValidation", refuseUnusableInput);
 
   const labelled = labelClients(clients);
+  installRefusalAudit(app, labelled.auth);
   // The OpenAPI generator collects routes as they are registered, so the routes go in a plugin
   // loaded after it.
   registerOpenApi(app);

@@ -1,6 +1,6 @@
 import { timestampDate } from "@bufbuild/protobuf/wkt";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { FastifyReply, FastifyRequest, preValidationAsyncHookHandler } from "fastify";
+import type { FastifyInstance, FastifyReply, FastifyRequest, preValidationAsyncHookHandler } from "fastify";
 import {
   type ApiRateLimit,
   type AuthorizeResponse,
@@ -115,44 +115,47 @@ export function requireScope(
     }
     authorized.set(request, res);
     setRateLimitHeaders(reply, res.limits?.api);
-    auditRefusals(request, reply, auth, res.principal as Principal);
   };
 }
+
+const refusalReasons = new WeakMap<FastifyRequest, string>();
 
 /**
  * A 401/403 this gateway decides after the key was authorized (a workspaceId other than the key's,
  * an app key on an admin route) goes to the token's audit trail, like the refusals the auth service
- * decides itself. Fire and forget once the answer is out: it never delays or fails the request, and
- * an auth service that is down only costs a log line.
+ * decides itself. Two app-wide hooks that only act on such answers: the reason is read from the
+ * error body as it is sent, and recorded fire-and-forget once the answer is out, so it never delays
+ * or fails the request, and an auth service that is down only costs a log line.
  */
-function auditRefusals(
-  request: FastifyRequest,
-  reply: FastifyReply,
-  auth: GatewayClients["auth"],
-  principal: Principal,
-): void {
-  let message = "";
-  const send = reply.send.bind(reply);
-  reply.send = (payload?: unknown) => {
-    if ((reply.statusCode === 401 || reply.statusCode === 403) && typeof payload === "object" && payload) {
-      const error = (payload as { error?: unknown }).error;
-      if (typeof error === "string") message = error;
-    }
-    return send(payload);
-  };
-  reply.raw.once("finish", () => {
+export function installRefusalAudit(app: FastifyInstance, auth: GatewayClients["auth"]): void {
+  app.addHook("onSend", async (request, reply, payload) => {
     const status = reply.statusCode;
-    if (status !== 401 && status !== 403) return;
-    const route = `${request.method} ${request.routeOptions.url ?? request.url.split("?")[0]}`;
+    if ((status === 401 || status === 403) && authorized.has(request)) {
+      const route = `${request.method} ${request.routeOptions.url ?? request.url.split("?")[0]}`;
+      refusalReasons.set(request, `${route}: ${errorMessageOf(payload) ?? `HTTP ${status}`}`);
+    }
+    return payload;
+  });
+  app.addHook("onResponse", async (request, reply) => {
+    const reason = refusalReasons.get(request);
+    const principal = authorized.get(request)?.principal;
+    if (reason === undefined || !principal) return;
+    const status = reply.statusCode;
     auth
-      .recordRefusal({
-        tenantId: principal.tenantId,
-        tokenId: principal.tokenId,
-        status,
-        reason: message === "" ? `${route}: HTTP ${status}` : `${route}: ${message}`,
-      })
+      .recordRefusal({ tenantId: principal.tenantId, tokenId: principal.tokenId, status, reason })
       .catch((err: unknown) => request.log.warn({ err, status }, "could not audit a gateway refusal"));
   });
+}
+
+/** The `error` of a JSON error body as sent, if it is one. */
+function errorMessageOf(payload: unknown): string | undefined {
+  if (typeof payload !== "string") return undefined;
+  try {
+    const error = (JSON.parse(payload) as { error?: unknown }).error;
+    return typeof error === "string" && error !== "" ? error : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function authorizedOf(request: FastifyRequest): AuthorizeResponse {
