@@ -303,6 +303,20 @@ function triggerOf(request: FastifyRequest): Trigger {
   return Trigger.API;
 }
 
+/** The fields both execute RPCs take from the request: who runs what, with which input, how. */
+function executeFieldsOf(request: FastifyRequest<{ Body: ExecuteBody }>) {
+  const { workflowId, version, input, conversationId } = request.body;
+  return {
+    tenantId: principalOf(request).tenantId,
+    workflowId,
+    version: version ?? 0,
+    input: input ?? {},
+    conversationId: conversationId ?? "",
+    trigger: triggerOf(request),
+    ...idempotencyOf(request),
+  };
+}
+
 /**
  * POST /api/executeWorkflow (seed 001): runs a workflow synchronously.
  * POST /api/executeWorkflowBackground (seed 001): queues it and answers at once.
@@ -358,18 +372,10 @@ export function registerExecuteRoutes(
       }),
     },
     async (request, reply) => {
-      const { workflowId, version, input, conversationId, stream } = request.body;
-      const streaming = stream === true || wantsEventStream(request);
-      const principal = principalOf(request);
+      const streaming = request.body.stream === true || wantsEventStream(request);
       const res = await clients.executions.execute(
         {
-          tenantId: principal.tenantId,
-          workflowId,
-          version: version ?? 0,
-          input: input ?? {},
-          conversationId: conversationId ?? "",
-          trigger: triggerOf(request),
-          ...idempotencyOf(request),
+          ...executeFieldsOf(request),
           // A stream answers once the run is stored and watches it; the run waits for the watch.
           maxWaitMs: streaming ? 0 : settings.syncWaitMs,
           startWhenWatchedMs: streaming ? STREAM_START_HOLD_MS : 0,
@@ -409,17 +415,7 @@ export function registerExecuteRoutes(
       }),
     },
     async (request, reply) => {
-      const { workflowId, version, input, conversationId } = request.body;
-      const principal = principalOf(request);
-      const res = await clients.executions.executeBackground({
-        tenantId: principal.tenantId,
-        workflowId,
-        version: version ?? 0,
-        input: input ?? {},
-        conversationId: conversationId ?? "",
-        trigger: triggerOf(request),
-        ...idempotencyOf(request),
-      });
+      const res = await clients.executions.executeBackground(executeFieldsOf(request));
       markReplay(reply, res.idempotentReplay);
       return {
         conversationId: res.conversationId,
