@@ -69,6 +69,13 @@ const RESTART_DELAY_MS = 1000;
 
 const consumersByClient = new WeakMap<JetStreamClient, Set<DurableConsumer>>();
 
+// A stopped consumer's last pull request stays open on the server until it expires, and a message
+// nak'd at once is redelivered into it: to nobody, until the ack wait (minutes) runs out. Pulls
+// expire after PULL_EXPIRES_MS, and buffered messages are handed back with a delay past that, so
+// another replica gets them within seconds.
+const PULL_EXPIRES_MS = 5_000;
+const HANDBACK_DELAY_MS = PULL_EXPIRES_MS + 1_000;
+
 /** The consumers started on a JetStream client and not stopped yet (for readiness). */
 export function consumersOf(js: JetStreamClient): DurableConsumer[] {
   return [...(consumersByClient.get(js) ?? [])];
@@ -204,11 +211,11 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
       drained = undefined;
       await processBatch(batch, handleBatch);
     }
-    // Messages already buffered when stop() came go straight back for another replica.
-    for (const m of pending.splice(0)) m.nak();
+    // Messages already buffered when stop() came go back for another replica.
+    for (const m of pending.splice(0)) m.nak(HANDBACK_DELAY_MS);
     drained?.();
     await reader;
-    for (const m of pending.splice(0)) m.nak();
+    for (const m of pending.splice(0)) m.nak(HANDBACK_DELAY_MS);
     if (failure !== undefined && !stopping) throw failure;
   };
 
@@ -220,14 +227,14 @@ export async function startDurableConsumer(opts: DurableConsumerOptions): Promis
     while (!stopping) {
       try {
         const consumer = await js.consumers.get(stream, durable);
-        messages = await consumer.consume({ max_messages: opts.maxMessages ?? 64 });
+        messages = await consumer.consume({ max_messages: opts.maxMessages ?? 64, expires: PULL_EXPIRES_MS });
         if (stopping) messages.stop();
         active = true;
         if (opts.handleBatch) await consumeInBatches(messages, opts.handleBatch);
         else {
           for await (const m of messages) {
-            // Messages already buffered when stop() came go straight back for another replica.
-            if (stopping) m.nak();
+            // Messages already buffered when stop() came go back for another replica.
+            if (stopping) m.nak(HANDBACK_DELAY_MS);
             else await processMessage(m);
           }
         }
