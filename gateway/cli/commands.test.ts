@@ -45,6 +45,24 @@ describe("flowplane gateway commands against the in-process stack", () => {
     if (dir) await rm(dir, { recursive: true, force: true });
   });
 
+  it("--help on any gateway command prints its usage to stdout and exits 0 without calling the gateway", async () => {
+    const commands = [
+      ["run"],
+      ["workflow", "push"],
+      ["logs"],
+      ["token", "list"],
+      ["token", "revoke"],
+      ["notification", "create"],
+    ];
+    for (const command of commands) {
+      // An unreachable gateway: a help answer must not need one.
+      const help = await cli([...command, "--help"], { FLOWPLANE_URL: "http://127.0.0.1:9" });
+      expect(help.code, command.join(" ")).toBe(EXIT.ok);
+      expect(help.stdout, command.join(" ")).toMatch(/^Usage: flowplane /);
+      expect(help.stderr, command.join(" ")).toBe("");
+    }
+  });
+
   it("workflow push creates a workflow, then a next version (human and --json)", async () => {
     const file = path.join(dir, "greet.json");
     const created = await cli(["workflow", "push", file, "--name", "Greet"]);

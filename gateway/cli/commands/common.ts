@@ -56,6 +56,13 @@ export class UsageError extends Error {
   }
 }
 
+/** `--help` on a gateway command: its usage goes to stdout and the command exits 0. */
+export class HelpRequested extends Error {
+  constructor(readonly usage: string) {
+    super("help requested");
+  }
+}
+
 /** An expected failure: only its message is shown, with its exit code. */
 export class CommandError extends Error {
   constructor(
@@ -103,11 +110,13 @@ export const GATEWAY_OPTIONS_HELP = `  --json              machine-readable outp
 export function parseGatewayArgs<
   O extends Record<string, { type: "string" | "boolean"; multiple?: boolean }>,
 >(args: string[], options: O, usage: string) {
-  return parseOrUsage(
+  const parsed = parseOrUsage(
     () =>
       parseArgs({ args, strict: true, allowPositionals: true, options: { ...GATEWAY_OPTIONS, ...options } }),
     usage,
   );
+  if ((parsed.values as { help?: boolean }).help) throw new HelpRequested(usage);
+  return parsed;
 }
 
 interface DevJson {

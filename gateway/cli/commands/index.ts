@@ -2,7 +2,7 @@
  * The CLI commands that go through the gateway with an API key, runnable in-process (tests pass
  * their own CliIo). main.ts adds the operator commands (dev, migrate, tenant, token create --workspace).
  */
-import { type CliIo, CommandError, EXIT, UsageError } from "./common.js";
+import { type CliIo, CommandError, EXIT, HelpRequested, UsageError } from "./common.js";
 import { logsCommand } from "./logs.js";
 import {
   NOTIFICATION_USAGE,
@@ -106,6 +106,10 @@ export async function runGatewayCommand(command: (io: CliIo) => Promise<number>,
   try {
     return await command(io);
   } catch (err) {
+    if (err instanceof HelpRequested) {
+      io.stdout.write(`${err.usage}\n`);
+      return EXIT.ok;
+    }
     if (err instanceof UsageError) {
       io.stderr.write(`flowplane: ${err.message}\n\n${err.usage}\n`);
       return EXIT.usage;

@@ -81,10 +81,6 @@ export async function logsCommand(args: string[], io: CliIo): Promise<number> {
     },
     LOGS_USAGE,
   );
-  if (values.help) {
-    writeLine(io, LOGS_USAGE);
-    return EXIT.ok;
-  }
   if (positionals.length > 0)
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, LOGS_USAGE);
   const level = values.level;

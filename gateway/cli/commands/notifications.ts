@@ -69,11 +69,6 @@ const INCLUDES = {
 const LEVELS = ["info", "error"] as const;
 const TRIGGERS = ["api", "webhook", "schedule", "manual", "chat"] as const;
 
-function help(io: CliIo): number {
-  writeLine(io, NOTIFICATION_USAGE);
-  return EXIT.ok;
-}
-
 function oneOf<T extends string>(values: readonly T[], value: string, flag: string): T {
   if ((values as readonly string[]).includes(value)) return value as T;
   throw new UsageError(
@@ -108,7 +103,6 @@ export async function notificationCreate(args: string[], io: CliIo): Promise<num
     },
     NOTIFICATION_USAGE,
   );
-  if (values.help) return help(io);
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, NOTIFICATION_USAGE);
   }
@@ -183,7 +177,6 @@ export async function notificationCreate(args: string[], io: CliIo): Promise<num
 
 export async function notificationList(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, {}, NOTIFICATION_USAGE);
-  if (values.help) return help(io);
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, NOTIFICATION_USAGE);
   }
@@ -213,7 +206,6 @@ export async function notificationList(args: string[], io: CliIo): Promise<numbe
 
 export async function notificationDeliveries(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, { limit: { type: "string" } }, NOTIFICATION_USAGE);
-  if (values.help) return help(io);
   const id = onePositional(positionals, "SUBSCRIPTION_ID", NOTIFICATION_USAGE);
   const limit = positiveInt(values.limit, "--limit", NOTIFICATION_USAGE, 100) ?? 20;
   const gateway = await gatewayFrom(io, values, NOTIFICATION_USAGE);

@@ -84,10 +84,6 @@ export async function runCommand(args: string[], io: CliIo): Promise<number> {
     },
     RUN_USAGE,
   );
-  if (values.help) {
-    writeLine(io, RUN_USAGE);
-    return EXIT.ok;
-  }
   const workflowId = onePositional(positionals, "WORKFLOW_ID", RUN_USAGE);
   let input: Record<string, unknown> = {};
   if (values["input-json"] !== undefined) {

@@ -75,10 +75,6 @@ export async function tokenCreateViaGateway(args: string[], io: CliIo): Promise<
     },
     TOKEN_GATEWAY_USAGE,
   );
-  if (values.help) {
-    writeLine(io, TOKEN_GATEWAY_USAGE);
-    return EXIT.ok;
-  }
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, TOKEN_GATEWAY_USAGE);
   }
@@ -121,10 +117,6 @@ export async function tokenCreateViaGateway(args: string[], io: CliIo): Promise<
 
 export async function tokenList(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, { limit: { type: "string" } }, TOKEN_GATEWAY_USAGE);
-  if (values.help) {
-    writeLine(io, TOKEN_GATEWAY_USAGE);
-    return EXIT.ok;
-  }
   if (positionals.length > 0) {
     throw new UsageError(`unexpected argument ${JSON.stringify(positionals[0])}`, TOKEN_GATEWAY_USAGE);
   }
@@ -148,10 +140,6 @@ export async function tokenList(args: string[], io: CliIo): Promise<number> {
 
 export async function tokenRotate(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, { grace: { type: "string" } }, TOKEN_GATEWAY_USAGE);
-  if (values.help) {
-    writeLine(io, TOKEN_GATEWAY_USAGE);
-    return EXIT.ok;
-  }
   const id = onePositional(positionals, "TOKEN_ID", TOKEN_GATEWAY_USAGE);
   let grace: number | undefined;
   if (values.grace !== undefined) {
@@ -179,10 +167,6 @@ export async function tokenRotate(args: string[], io: CliIo): Promise<number> {
 
 export async function tokenRevoke(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, {}, TOKEN_GATEWAY_USAGE);
-  if (values.help) {
-    writeLine(io, TOKEN_GATEWAY_USAGE);
-    return EXIT.ok;
-  }
   const id = onePositional(positionals, "TOKEN_ID", TOKEN_GATEWAY_USAGE);
   const gateway = await gatewayFrom(io, values, TOKEN_GATEWAY_USAGE);
   const { data } = await expectData(gateway, () =>
@@ -195,10 +179,6 @@ export async function tokenRevoke(args: string[], io: CliIo): Promise<number> {
 
 export async function tokenEvents(args: string[], io: CliIo): Promise<number> {
   const { values, positionals } = parseGatewayArgs(args, {}, TOKEN_GATEWAY_USAGE);
-  if (values.help) {
-    writeLine(io, TOKEN_GATEWAY_USAGE);
-    return EXIT.ok;
-  }
   const id = onePositional(positionals, "TOKEN_ID", TOKEN_GATEWAY_USAGE);
   const gateway = await gatewayFrom(io, values, TOKEN_GATEWAY_USAGE);
   const page = await expectData(gateway, () =>

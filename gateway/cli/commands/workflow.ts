@@ -48,10 +48,6 @@ export async function workflowPush(args: string[], io: CliIo): Promise<number> {
     },
     WORKFLOW_PUSH_USAGE,
   );
-  if (values.help) {
-    writeLine(io, WORKFLOW_PUSH_USAGE);
-    return EXIT.ok;
-  }
   const file = onePositional(positionals, "FILE", WORKFLOW_PUSH_USAGE);
   if (values.workflow && (values.name || values.description || values.folder)) {
     throw new UsageError(
