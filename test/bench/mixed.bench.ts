@@ -14,16 +14,13 @@ import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
 import { bootstrapDemo } from "../../gateway/cli/bootstrap.js";
-import { pickPort } from "../../gateway/cli/ports.js";
-import { startStack } from "../../gateway/cli/stack.js";
-import { createMixedLoad, percentile } from "../chaos/load.js";
+import { createMixedLoad, percentile, startLoadStack } from "../chaos/load.js";
 
 export const description =
   "mixed: sync + background executes, log polling and webhooks at once on a whole local stack (own PostgreSQL and NATS)";
 export const targets: Record<string, string> = { errors5xx: "0", stackRssMb: "< 939" };
 
 const SECONDS = Number(process.env.MIXED_SECONDS ?? 60);
-const UNLIMITED = "1000000/1000000";
 
 /** Resident memory of one process in kB (Linux /proc): RSS, and PSS (shared pages split among sharers). */
 function memoryKb(pid: number): { rss: number; pss: number } {
@@ -85,30 +82,14 @@ export function treeMemoryMb(
 const round2 = (n: number) => Math.round(n * 100) / 100;
 
 export default async function run(): Promise<Record<string, number>> {
-  // Its own PostgreSQL and NATS (their memory is part of the figure), whatever the shell points at.
-  const saved = { DATABASE_URL: process.env.DATABASE_URL, NATS_URL: process.env.NATS_URL };
-  delete process.env.DATABASE_URL;
-  delete process.env.NATS_URL;
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "flowplane-mixed-"));
   const load = await createMixedLoad();
-  const restoreEnv = () =>
-    Object.assign(process.env, Object.fromEntries(Object.entries(saved).filter(([, v]) => v !== undefined)));
-  const stack = await startStack({
+  const stack = await startLoadStack({
     dataDir,
     logDir: path.join(dataDir, "logs"),
     namespace: "mixed",
-    infrastructurePorts: { postgres: await pickPort(0), nats: await pickPort(0) },
-    ports: { auth: 0, executor: 0, logs: 0, notifier: 0, gateway: 0 },
-    logLevel: "warn",
-    env: {
-      AUTH_PLAN_PRO_API: UNLIMITED,
-      AUTH_PLAN_PRO_SYNC: UNLIMITED,
-      AUTH_PLAN_PRO_ASYNC: UNLIMITED,
-      AUTH_PLAN_PRO_USAGE_LIMIT_USD: "1000000",
-      NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
-    },
     report: () => {},
-  }).finally(restoreEnv);
+  });
   let peakPssMb = 0;
   let peakRssMb = 0;
   let peakBreakdown = "";

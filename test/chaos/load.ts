@@ -4,7 +4,50 @@
  * webhook receiver counting deliveries per execution with the keys they carried.
  */
 import { performance } from "node:perf_hooks";
+import { pickPort } from "../../gateway/cli/ports.js";
+import { type Stack, startStack } from "../../gateway/cli/stack.js";
 import { startWebhookReceiver, type WebhookReceiver } from "../helpers/webhook-receiver.js";
+
+const UNLIMITED = "1000000/1000000";
+
+/**
+ * A whole local stack for the load: its own PostgreSQL and nats-server on free ports (their cost is
+ * part of what is measured, and a developer's `npm start` keeps the preferred ones), whatever
+ * DATABASE_URL/NATS_URL the shell has; the pro plan's limits lifted so the load measures the stack,
+ * not the limiter; webhooks to the local receiver allowed.
+ */
+export async function startLoadStack(opts: {
+  dataDir: string;
+  logDir: string;
+  namespace: string;
+  env?: Record<string, string>;
+  report: (line: string) => void;
+}): Promise<Stack> {
+  const saved = { DATABASE_URL: process.env.DATABASE_URL, NATS_URL: process.env.NATS_URL };
+  delete process.env.DATABASE_URL;
+  delete process.env.NATS_URL;
+  try {
+    return await startStack({
+      dataDir: opts.dataDir,
+      logDir: opts.logDir,
+      namespace: opts.namespace,
+      infrastructurePorts: { postgres: await pickPort(0), nats: await pickPort(0) },
+      ports: { auth: 0, executor: 0, logs: 0, notifier: 0, gateway: 0 },
+      logLevel: "warn",
+      env: {
+        AUTH_PLAN_PRO_API: UNLIMITED,
+        AUTH_PLAN_PRO_SYNC: UNLIMITED,
+        AUTH_PLAN_PRO_ASYNC: UNLIMITED,
+        AUTH_PLAN_PRO_USAGE_LIMIT_USD: "1000000",
+        NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
+        ...opts.env,
+      },
+      report: opts.report,
+    });
+  } finally {
+    for (const [name, value] of Object.entries(saved)) if (value !== undefined) process.env[name] = value;
+  }
+}
 
 export type Kind = "sync" | "background" | "logs";
 

@@ -13,16 +13,14 @@ import path from "node:path";
 import { performance } from "node:perf_hooks";
 import pg from "pg";
 import { bootstrapDemo } from "../../gateway/cli/bootstrap.js";
-import { pickPort } from "../../gateway/cli/ports.js";
-import { type ProcessName, type Stack, startStack } from "../../gateway/cli/stack.js";
+import type { ProcessName, Stack } from "../../gateway/cli/stack.js";
 import { AuthService } from "../../services/platform/gen/flowplane/auth/v1/auth_pb.js";
 import { createRpcClient } from "../../services/platform/rpc.js";
-import { createMixedLoad, type Kind, type MixedLoad } from "./load.js";
+import { createMixedLoad, type Kind, type MixedLoad, startLoadStack } from "./load.js";
 
 const STEADY_MS = Number(process.env.CHAOS_STEADY_MS ?? 8_000);
 const RECOVERY_TIMEOUT_MS = 60_000;
 const CONVERGE_TIMEOUT_MS = 90_000;
-const UNLIMITED = "1000000/1000000";
 
 interface Fault {
   what: string;
@@ -304,9 +302,6 @@ async function converge(
 
 async function main(): Promise<number> {
   const started = performance.now();
-  // Its own servers, whatever the shell points at.
-  delete process.env.DATABASE_URL;
-  delete process.env.NATS_URL;
   const dataDir = await mkdtemp(path.join(os.tmpdir(), "flowplane-chaos-"));
   const logDir = path.join(dataDir, "logs");
   say(`chaos: data and logs in ${dataDir}`);
@@ -315,20 +310,11 @@ async function main(): Promise<number> {
   let db: pg.Client | undefined;
   let breach = true;
   try {
-    stack = await startStack({
+    stack = await startLoadStack({
       dataDir,
       logDir,
       namespace: "chaos",
-      // Not the preferred ports: a developer's `npm start` may want them while this runs.
-      infrastructurePorts: { postgres: await pickPort(0), nats: await pickPort(0) },
-      ports: { auth: 0, executor: 0, logs: 0, notifier: 0, gateway: 0 },
-      logLevel: "warn",
       env: {
-        AUTH_PLAN_PRO_API: UNLIMITED,
-        AUTH_PLAN_PRO_SYNC: UNLIMITED,
-        AUTH_PLAN_PRO_ASYNC: UNLIMITED,
-        AUTH_PLAN_PRO_USAGE_LIMIT_USD: "1000000",
-        NOTIFIER_ALLOW_PRIVATE_TARGETS: "true",
         // Faster recovery than production defaults, so the run fits in minutes.
         NOTIFIER_RETRY_DELAYS_MS: "1000,2000,4000,8000,16000",
         NOTIFIER_DELIVERY_TIMEOUT_MS: "5000",
