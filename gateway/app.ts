@@ -9,6 +9,7 @@ import Fastify, {
 } from "fastify";
 import type { Logger } from "../services/platform/log.js";
 import { installRefusalAudit } from "./auth.js";
+import type { AuthCache } from "./auth-cache.js";
 import { type GatewayClients, labelClients } from "./clients.js";
 import { type GatewayConfig, gatewaySettings } from "./config.js";
 import { registerDocs } from "./docs.js";
@@ -40,6 +41,11 @@ export interface GatewayDeps {
     Partial<Pick<GatewayConfig, "syncWaitMs" | "rpcTimeoutMs" | "corsOrigins">>;
   log: Logger;
   clients: GatewayClients;
+  /**
+   * The authorization cache (gateway/auth-cache.ts) the routes' Authorize calls go through; without
+   * one every request makes its own Authorize RPC. Its owner feeds it revocation events.
+   */
+  authCache?: AuthCache;
 }
 
 /** Response headers a browser script may read: correlation, rate limits, polling, idempotency. */
@@ -65,7 +71,7 @@ export function corsOriginOption(setting: string | undefined): string | string[]
 }
 
 /** The REST edge (DESIGN §3): authorizes each request with the auth service, then calls the owner. */
-export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInstance {
+export function buildGateway({ config, log, clients, authCache }: GatewayDeps): FastifyInstance {
   const app = Fastify({
     loggerInstance: log as FastifyBaseLogger,
     // Per-request lines would dominate the log at load; failures are logged by the error handler.
@@ -104,8 +110,11 @@ export function buildGateway({ config, log, clients }: GatewayDeps): FastifyInst
   installErrorHandling(app, config.bodyLimitBytes);
   app.addHook("preValidation", refuseUnusableInput);
 
-  const labelled = labelClients(clients);
-  installRefusalAudit(app, labelled.auth);
+  const plain = labelClients(clients);
+  const labelled: GatewayClients = authCache ? { ...plain, auth: authCache.wrap(plain.auth) } : plain;
+  // Leased tokens not spent go back before the process exits.
+  if (authCache) app.addHook("onClose", () => authCache.close());
+  installRefusalAudit(app, plain.auth);
   // The OpenAPI generator collects routes as they are registered, so the routes go in a plugin
   // loaded after it.
   registerOpenApi(app);

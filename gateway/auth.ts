@@ -66,7 +66,9 @@ export function sendRateLimited(
  * Resolves the request's `x-api-key` to its principal, checked for `action` on `resourceId`, and
  * consumes the request's rate-limit tokens. Unknown, revoked or expired keys (401), missing scopes
  * (403), insufficient credits (400) and a limiter that cannot be reached (503, fail closed) come
- * back from the auth service as Connect codes and are mapped by the error handler.
+ * back from the auth service as Connect codes and are mapped by the error handler. With the
+ * gateway's authorization cache (gateway/auth-cache.ts) `auth.authorize` answers a busy key from
+ * memory; refusals always come from the auth service.
  */
 export async function authorize(
   request: FastifyRequest,

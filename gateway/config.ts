@@ -38,6 +38,13 @@ export const gatewaySettings = {
     /^(\*|https?:\/\/[^\s,]+(\s*,\s*https?:\/\/[^\s,]+)*)$/,
     "",
   ),
+  authCacheTtlMs: env.int(
+    "GATEWAY_AUTH_CACHE_TTL_MS",
+    "how long the gateway reuses an authorization and its leased rate-limit tokens, ms (0: one Authorize RPC per request); revocations drop it at once over NATS",
+    { default: 1000, min: 0, max: 1000 },
+  ),
+  natsUrl: commonSettings.natsUrl,
+  namespace: commonSettings.namespace,
   adminPort: adminPortSetting("gateway"),
   logLevel: commonSettings.logLevel,
   otlpEndpoint: commonSettings.otlpEndpoint,

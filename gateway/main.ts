@@ -2,9 +2,11 @@ import { adminPortFor, probe, readinessReport, startAdminServer } from "../servi
 import { ConfigError, loadConfig } from "../services/platform/config.js";
 import { Health, ServingStatus } from "../services/platform/health.js";
 import { createLogger } from "../services/platform/log.js";
+import { natsNames } from "../services/platform/nats.js";
 import { createRpcClient } from "../services/platform/rpc.js";
 import { flushTelemetry, setupTelemetry } from "../services/platform/telemetry.js";
 import { buildGateway } from "./app.js";
+import { AuthCache, type RevocationFeed, startRevocationFeed } from "./auth-cache.js";
 import { createGatewayClients } from "./clients.js";
 import { type GatewayConfig, gatewaySettings } from "./config.js";
 import { instrumentGateway } from "./observability.js";
@@ -24,7 +26,20 @@ async function main(): Promise<void> {
   setupTelemetry({ serviceName: config.otelServiceName || "gateway", otlpEndpoint: config.otlpEndpoint });
   // The request logger already carries requestId; the context adds the tenant.
   const log = createLogger("gateway", config.logLevel, { requestIdFromContext: false });
-  const app = buildGateway({ config, log, clients: createGatewayClients(config) });
+  // Authorizations are reused for up to GATEWAY_AUTH_CACHE_TTL_MS; revocation events over NATS drop
+  // them at once. NATS is not needed to serve: while it is unreachable the TTL bounds staleness.
+  const authCache =
+    config.authCacheTtlMs > 0 ? new AuthCache({ ttlMs: config.authCacheTtlMs, log }) : undefined;
+  let revocations: RevocationFeed | undefined;
+  if (authCache) {
+    revocations = startRevocationFeed({
+      cache: authCache,
+      natsUrl: config.natsUrl,
+      names: natsNames(config.namespace),
+      log,
+    });
+  }
+  const app = buildGateway({ config, log, clients: createGatewayClients(config), authCache });
   instrumentGateway(app);
   await app.listen({ port: config.port, host: config.host });
   const address = app.server.address();
@@ -60,6 +75,7 @@ async function main(): Promise<void> {
     }, config.shutdownTimeoutMs).unref();
     app
       .close()
+      .then(() => revocations?.close())
       .then(() => admin.close())
       .then(() => flushTelemetry())
       .then(

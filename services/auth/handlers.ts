@@ -25,6 +25,7 @@ import {
   PrincipalSchema,
   RateLimitExceededSchema,
   RecordRefusalResponseSchema,
+  ReturnTokensResponseSchema,
   RevokeTokenResponseSchema,
   RotateTokenResponseSchema,
   TenantSchema,
@@ -43,6 +44,7 @@ import { isScope, type Scope } from "./scopes.js";
 import {
   type Database,
   findTenant,
+  findToken,
   type PlanName,
   type TenantRow,
   type TokenEventRow,
@@ -272,6 +274,20 @@ function tenantMessage(row: TenantRow) {
   });
 }
 
+/** Bounds of an Authorize lease (AuthorizeRequest.lease_tokens / lease_ttl_ms). */
+const MAX_LEASE_TOKENS = 100_000;
+const MAX_LEASE_TTL_MS = 60_000;
+
+/**
+ * How long a lease may be used, ms: the caller's TTL counted from when the key was read (a cached
+ * lookup is already that old), never past the key's expiry or its rotation grace end.
+ */
+function leaseValidMs(ttlMs: number, checkedAt: number, usableUntil: Date | null, now: number): number {
+  let valid = ttlMs - Math.max(0, now - checkedAt);
+  if (usableUntil) valid = Math.min(valid, usableUntil.getTime() - now);
+  return Math.max(0, Math.floor(valid));
+}
+
 const BUCKETS: Record<ExecutionBucket, "sync" | "async" | undefined> = {
   [ExecutionBucket.UNSPECIFIED]: undefined,
   [ExecutionBucket.SYNC]: "sync",
@@ -289,11 +305,32 @@ export function authServiceHandlers(
       if (!isScope(req.action)) throw new InvalidArgumentError(`action "${req.action}" is not a known scope`);
       if (!(req.bucket in BUCKETS))
         throw new InvalidArgumentError(`bucket ${req.bucket} is not a known bucket`);
+      if (req.leaseTokens < 0 || req.leaseTokens > MAX_LEASE_TOKENS) {
+        throw new InvalidArgumentError(`lease_tokens must be between 0 and ${MAX_LEASE_TOKENS}`);
+      }
+      if (req.leaseTtlMs < 0 || req.leaseTtlMs > MAX_LEASE_TTL_MS) {
+        throw new InvalidArgumentError(`lease_ttl_ms must be between 0 and ${MAX_LEASE_TTL_MS}`);
+      }
       const now = new Date();
+      const leasing = req.leaseTokens > 1 && !req.includeLimits;
       const principal = await tokens.authorize(
-        { apiKey: req.apiKey, action: req.action, resourceId: req.resourceId },
+        {
+          apiKey: req.apiKey,
+          action: req.action,
+          resourceId: req.resourceId,
+          // A lease counts its validity from the key's read: a lookup past half of it is read again,
+          // so a grant is always good for at least half the TTL asked.
+          maxLookupAgeMs: leasing ? req.leaseTtlMs / 2 : undefined,
+        },
         now,
       );
+      // A lease only when it can be used for a while: else the plain one-token call.
+      let validMs = 0;
+      let lease = 1;
+      if (leasing) {
+        validMs = leaseValidMs(req.leaseTtlMs, principal.checkedAt, principal.usableUntil, now.getTime());
+        if (validMs > 0) lease = req.leaseTokens;
+      }
       let state: LimitsState;
       try {
         state = await limits.consume(
@@ -306,12 +343,16 @@ export function authServiceHandlers(
           BUCKETS[req.bucket],
           req.includeLimits,
           now,
+          lease,
         );
       } catch (err) {
         if (err instanceof RateLimitedError) throw rateLimitedConnectError(err, new Date());
         throw err;
       }
+      const granted = state.granted ?? 1;
       return create(AuthorizeResponseSchema, {
+        grantedTokens: granted,
+        grantValidMs: lease > 1 ? validMs : 0,
         limits: limitsMessage(state),
         principal: create(PrincipalSchema, {
           tenantId: principal.tenantId,
@@ -322,6 +363,31 @@ export function authServiceHandlers(
           plan: PLANS[principal.plan],
         }),
       });
+    },
+
+    async returnTokens(req) {
+      const tenantId = requireId("tenant_id", "ws", req.tenantId);
+      const tokenId = requireId("token_id", "tok", req.tokenId);
+      if (!(req.bucket in BUCKETS))
+        throw new InvalidArgumentError(`bucket ${req.bucket} is not a known bucket`);
+      if (req.tokens < 0 || req.tokens > MAX_LEASE_TOKENS) {
+        throw new InvalidArgumentError(`tokens must be between 0 and ${MAX_LEASE_TOKENS}`);
+      }
+      const token = await findToken(db, tokenId);
+      if (!token || token.tenant_id !== tenantId) throw new NotFoundError(`token ${tokenId} not found`);
+      const tenant = await findTenant(db, tenantId);
+      if (!tenant) throw new NotFoundError(`workspace ${tenantId} not found`);
+      await limits.giveBackLease(
+        {
+          tenantId,
+          tokenId,
+          plan: tenant.plan,
+          tokenRateLimitPerMinute: token.rate_limit_per_minute,
+        },
+        BUCKETS[req.bucket],
+        req.tokens,
+      );
+      return create(ReturnTokensResponseSchema, {});
     },
 
     async createToken(req) {

@@ -81,6 +81,29 @@ describe("bucket leases", () => {
     await leases.close();
   });
 
+  it("takes several tokens at once, never more than the bucket holds, and takes back what is returned", async () => {
+    const key = `test:${newId("evt")}`;
+    const replicas = [new BucketLeases(db, log), new BucketLeases(db, log)];
+    try {
+      const results = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => replicas[i % 2]!.takeMany(key, slow(120), 1 + (i % 7))),
+      );
+      // Every grant is at least one token and at most what was asked; together exactly the bucket.
+      for (const [i, r] of results.entries()) {
+        if (r.granted) expect(r.taken).toBeGreaterThanOrEqual(1);
+        expect(r.taken).toBeLessThanOrEqual(1 + (i % 7));
+      }
+      expect(results.reduce((sum, r) => sum + r.taken, 0)).toBe(120);
+      // Tokens a caller gives back are granted again (from the replica's lease, then the row).
+      await replicas[0]!.giveBack(key, slow(120), 5);
+      const again = await replicas[0]!.takeMany(key, slow(120), 10);
+      expect(again.taken).toBe(5);
+      expect((await replicas[1]!.takeMany(key, slow(120), 10)).granted).toBe(false);
+    } finally {
+      await Promise.all(replicas.map((r) => r.close()));
+    }
+  });
+
   it("leases one token at a time for a quiet key, so the row is exact after each request", async () => {
     const key = `test:${newId("evt")}`;
     const leases = new BucketLeases(db, log);

@@ -37,7 +37,7 @@ interface Lease {
   /** The row had at least one more whole token after the last lease. */
   more: boolean;
   fetching: Promise<void> | undefined;
-  /** Callers inside take() without a token yet. */
+  /** Tokens wanted by the callers inside takeMany() without a grant yet. */
   demand: number;
   /** Grants in the current and previous rate windows. */
   windowStart: number;
@@ -56,6 +56,17 @@ export class BucketLeases {
 
   /** One token of `key`, granted or refused with the bucket's state (consumeToken's contract). */
   async take(key: string, spec: BucketSpec): Promise<Consumption> {
+    const { taken: _, ...consumption } = await this.takeMany(key, spec, 1);
+    return consumption;
+  }
+
+  /**
+   * Up to `wanted` tokens of `key` (a caller's own lease, e.g. a gateway's cache): granted with at
+   * least one, or refused with the bucket's state exactly as `take` refuses. Takes from this
+   * replica's lease first; a lease fetched for it is sized for all the callers waiting.
+   */
+  async takeMany(key: string, spec: BucketSpec, wanted: number): Promise<Consumption & { taken: number }> {
+    const want = Math.max(1, Math.min(Math.floor(wanted), Math.floor(spec.burst)));
     let lease = this.leases.get(key);
     if (!lease || lease.spec.perMinute !== spec.perMinute || lease.spec.burst !== spec.burst) {
       // A new key, or its plan changed: start from the row.
@@ -75,18 +86,21 @@ export class BucketLeases {
       };
       this.leases.set(key, lease);
     }
-    lease.demand++;
+    lease.demand += want;
     try {
       let waited = false;
       for (;;) {
-        if (lease.tokens >= 1) {
-          lease.tokens--;
-          this.count(lease);
+        // After a lease was fetched for us, whatever it brought is granted (at least one token).
+        if (lease.tokens >= want || (waited && lease.tokens >= 1)) {
+          const taken = Math.min(want, Math.floor(lease.tokens));
+          lease.tokens -= taken;
+          this.count(lease, taken);
           return {
             spec,
             level: Math.min(spec.burst, lease.rowLevel + lease.tokens),
             at: lease.at,
             granted: true,
+            taken,
           };
         }
         if (lease.fetching) {
@@ -96,7 +110,7 @@ export class BucketLeases {
         }
         // The lease we waited for emptied the bucket: refuse now rather than queue.
         if (waited && !lease.more) {
-          return { spec, level: lease.rowLevel, at: lease.at, granted: false };
+          return { spec, level: lease.rowLevel, at: lease.at, granted: false, taken: 0 };
         }
         const fetch = this.fetch(key, lease);
         lease.fetching = fetch;
@@ -108,13 +122,30 @@ export class BucketLeases {
         waited = true;
       }
     } finally {
-      lease.demand--;
+      lease.demand -= want;
     }
+  }
+
+  /**
+   * Tokens a caller took and did not use: into this replica's lease when it holds one for the same
+   * bucket shape (it goes back to the row when the lease ends), else straight back to the row.
+   */
+  async giveBack(key: string, spec: BucketSpec, tokens: number): Promise<void> {
+    if (tokens <= 0) return;
+    const lease = this.leases.get(key);
+    if (lease && lease.spec.perMinute === spec.perMinute && lease.spec.burst === spec.burst) {
+      lease.tokens += tokens;
+      if (!lease.expiry) this.arm(key, lease);
+      return;
+    }
+    await returnTokens(this.db, key, spec, tokens);
   }
 
   private async fetch(key: string, lease: Lease): Promise<void> {
     const recent = Math.ceil(this.rate(lease) * LEASE_WINDOW_S);
-    const wanted = Math.max(1, Math.min(Math.floor(lease.spec.burst), Math.max(lease.demand, recent)));
+    // Demand is counted in tokens; what this lease already holds covers part of it.
+    const needed = lease.demand - Math.floor(lease.tokens);
+    const wanted = Math.max(1, Math.min(Math.floor(lease.spec.burst), Math.max(needed, recent)));
     const got = await leaseTokens(this.db, key, lease.spec, wanted);
     lease.tokens += got.taken;
     lease.rowLevel = got.level;
@@ -134,9 +165,9 @@ export class BucketLeases {
     return (lease.previousCount * 1000) / RATE_WINDOW_MS;
   }
 
-  private count(lease: Lease): void {
+  private count(lease: Lease, tokens = 1): void {
     this.roll(lease);
-    lease.count++;
+    lease.count += tokens;
   }
 
   private roll(lease: Lease): void {

@@ -23,6 +23,8 @@ export interface LimitsState {
   sync?: BucketState;
   async?: BucketState;
   usage?: UsageState;
+  /** Tokens taken from each consumed bucket (1 unless a lease asked for more). */
+  granted?: number;
 }
 
 /** An empty bucket; the handler turns it into RESOURCE_EXHAUSTED with a RateLimitExceeded detail. */
@@ -95,36 +97,71 @@ export class RateLimits {
 
   /**
    * Consumes one API-call token (and one of the token's own bucket), then, for an execution, checks
-   * the usage limit and consumes one token of the execution bucket.
+   * the usage limit and consumes one token of the execution bucket. With `lease` > 1 it takes up to
+   * that many of each (at least one, or the same refusal as for one): every bucket ends up giving the
+   * same count, the surplus of a bucket that gave more going back to this replica's lease.
    */
   async consume(
     who: RequestIdentity,
     execution: ExecutionBucketName | undefined,
     includeAll: boolean,
     now = new Date(),
+    lease = 1,
   ): Promise<LimitsState> {
     const limits = this.plans[who.plan];
-    const tenantApi = await this.guard(this.leases.take(bucketKey.api(who.tenantId), limits.api));
+    const apiKey = bucketKey.api(who.tenantId);
+    let tenantApi: BucketState & { granted: boolean; taken: number } = await this.guard(
+      this.leases.takeMany(apiKey, limits.api, lease),
+    );
     if (!tenantApi.granted) throw new RateLimitedError("api", tenantApi, tenantApi);
+    let granted = tenantApi.taken;
     let tokenApi: Consumption | undefined;
-    if (who.tokenRateLimitPerMinute !== null) {
-      tokenApi = await this.guard(
-        this.leases.take(bucketKey.token(who.tokenId), tokenSpec(who.tokenRateLimitPerMinute)),
-      );
-      if (!tokenApi.granted) throw new RateLimitedError("token", tokenApi, tokenApi);
+    const tokenKey = bucketKey.token(who.tokenId);
+    const tokenBucket =
+      who.tokenRateLimitPerMinute === null ? undefined : tokenSpec(who.tokenRateLimitPerMinute);
+    if (tokenBucket) {
+      const taken = await this.guard(this.leases.takeMany(tokenKey, tokenBucket, granted));
+      // A refusal costs the one API-call token a plain request costs, as without a lease.
+      const surplus = granted - Math.max(1, taken.taken);
+      await this.giveBack(apiKey, limits.api, surplus);
+      tenantApi = { ...tenantApi, level: Math.min(limits.api.burst, tenantApi.level + surplus) };
+      if (!taken.granted) throw new RateLimitedError("token", taken, taken);
+      granted = taken.taken;
+      tokenApi = taken;
     }
     const api = narrower(tenantApi, tokenApi);
 
     const state: LimitsState = { api };
     if (execution || includeAll) state.usage = await this.usage(who.tenantId, who.plan, now);
     if (execution && state.usage) {
-      state[execution] = await this.consumeExecutionBucket(
-        who.tenantId,
-        who.plan,
-        execution,
-        state.usage,
-        api,
-      );
+      let consumed: Consumption & { taken: number };
+      try {
+        consumed = await this.consumeExecutionBucket(
+          who.tenantId,
+          who.plan,
+          execution,
+          state.usage,
+          api,
+          granted,
+        );
+      } catch (err) {
+        // Refused: the request costs one API-call token, as without a lease; the rest go back.
+        if (granted > 1) await this.giveBackLease(who, undefined, granted - 1).catch(() => undefined);
+        throw err;
+      }
+      if (consumed.taken < granted) {
+        const surplus = granted - consumed.taken;
+        await this.giveBack(apiKey, limits.api, surplus);
+        if (tokenBucket) await this.giveBack(tokenKey, tokenBucket, surplus);
+        granted = consumed.taken;
+        // X-RateLimit-Remaining counts the surplus that went back.
+        const back = (s: BucketState): BucketState => ({
+          ...s,
+          level: Math.min(s.spec.burst, s.level + surplus),
+        });
+        state.api = narrower(back(tenantApi), tokenApi && back(tokenApi));
+      }
+      state[execution] = consumed;
     }
     if (includeAll) {
       const other: ExecutionBucketName[] = (["sync", "async"] as const).filter((b) => b !== execution);
@@ -136,7 +173,29 @@ export class RateLimits {
       );
       for (const [i, b] of other.entries()) state[b] = peeked[i];
     }
+    state.granted = granted;
     return state;
+  }
+
+  /**
+   * Tokens a caller of `consume` took with a lease and did not spend: back to the API-call buckets
+   * and, when named, the execution bucket.
+   */
+  async giveBackLease(
+    who: RequestIdentity,
+    execution: ExecutionBucketName | undefined,
+    tokens: number,
+  ): Promise<void> {
+    const limits = this.plans[who.plan];
+    await this.giveBack(bucketKey.api(who.tenantId), limits.api, tokens);
+    if (who.tokenRateLimitPerMinute !== null) {
+      await this.giveBack(bucketKey.token(who.tokenId), tokenSpec(who.tokenRateLimitPerMinute), tokens);
+    }
+    if (execution) await this.giveBack(bucketKey[execution](who.tenantId), limits[execution], tokens);
+  }
+
+  private async giveBack(key: string, spec: BucketSpec, tokens: number): Promise<void> {
+    if (tokens > 0) await this.guard(this.leases.giveBack(key, spec, tokens));
   }
 
   /**
@@ -163,17 +222,22 @@ export class RateLimits {
     execution: ExecutionBucketName,
     usage: UsageState,
     api: BucketState,
-  ): Promise<BucketState> {
+    wanted = 1,
+  ): Promise<Consumption & { taken: number }> {
     if (usage.isExceeded) throw new FailedPreconditionError("insufficient credits");
     const consumed = await this.guard(
-      this.leases.take(bucketKey[execution](tenantId), this.plans[plan][execution]),
+      this.leases.takeMany(bucketKey[execution](tenantId), this.plans[plan][execution], wanted),
     );
     if (!consumed.granted) throw new RateLimitedError(execution, consumed, api);
     return consumed;
   }
 
   /** Every bucket and the usage as they stand, consuming nothing (GetLimits). */
-  async current(tenantId: string, plan: PlanName, now = new Date()): Promise<Required<LimitsState>> {
+  async current(
+    tenantId: string,
+    plan: PlanName,
+    now = new Date(),
+  ): Promise<Required<Omit<LimitsState, "granted">>> {
     const limits = this.plans[plan];
     const [api, sync, async] = await this.guard(
       peekBuckets(this.db, [

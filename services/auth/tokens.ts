@@ -37,6 +37,10 @@ export interface AuthorizedPrincipal {
   workflowIds: string[];
   plan: PlanName;
   rateLimitPerMinute: number | null;
+  /** When the key's row was read from the database (epoch ms): a cached lookup is older than now. */
+  checkedAt: number;
+  /** When this key stops working by itself: the token's expiry or the end of a rotation grace. */
+  usableUntil: Date | null;
 }
 
 export interface AuthorizeInput {
@@ -44,6 +48,8 @@ export interface AuthorizeInput {
   action: Scope;
   /** The workflow the action targets; empty when none. */
   resourceId: string;
+  /** A cached lookup older than this, ms, is read again (a lease wants a fresh check). */
+  maxLookupAgeMs?: number;
 }
 
 export interface NewTokenInput {
@@ -116,20 +122,23 @@ export class Tokens {
     // The checksum refuses typos and garbage before any query.
     if (!parseApiKey(input.apiKey)) throw new UnauthenticatedError("invalid API key");
     const hash = hashApiKey(input.apiKey);
-    const token = await this.lookup(hash, now);
-    if (!token) throw new UnauthenticatedError("invalid API key");
+    const found = await this.lookup(hash, now, input.maxLookupAgeMs);
+    const token = found?.token;
+    if (!found || !token) throw new UnauthenticatedError("invalid API key");
     if (token.revoked_at) {
       throw await this.recordRefusal(token, new UnauthenticatedError("API key revoked"));
     }
     if (isExpired(token, now)) {
       throw await this.recordRefusal(token, new UnauthenticatedError("API key expired"));
     }
+    let usableUntil = token.expires_at;
     if (token.secret_hash !== hash) {
       // The secret a rotation replaced: valid until its grace ends.
       const until = token.previous_secret_expires_at;
       if (token.previous_secret_hash !== hash || !until || until.getTime() <= now.getTime()) {
         throw await this.recordRefusal(token, new UnauthenticatedError("API key was rotated"));
       }
+      if (!usableUntil || until.getTime() < usableUntil.getTime()) usableUntil = until;
     }
     const held = scopesHeldBy(token);
     if (!held.includes(input.action)) {
@@ -154,21 +163,31 @@ export class Tokens {
       workflowIds: token.workflow_ids,
       plan: token.plan,
       rateLimitPerMinute: token.rate_limit_per_minute,
+      checkedAt: found.readAt,
+      usableUntil,
     };
   }
 
-  private async lookup(hash: string, now: Date): Promise<TokenWithPlan | undefined> {
+  private async lookup(
+    hash: string,
+    now: Date,
+    maxAgeMs = Number.POSITIVE_INFINITY,
+  ): Promise<{ token: TokenWithPlan | undefined; readAt: number } | undefined> {
     const ttl = this.opts.cacheTtlMs ?? 0;
     if (ttl > 0) {
       const cached = this.cache.get(hash);
-      if (cached && cached.until > now.getTime()) return cached.token;
+      const readAt = cached ? cached.until - ttl : 0;
+      if (cached && cached.until > now.getTime() && now.getTime() - readAt <= maxAgeMs) {
+        return { token: cached.token, readAt };
+      }
     }
+    const readAt = Date.now();
     const token = await findTokenByHash(this.db, hash);
     if (token && ttl > 0) {
       if (this.cache.size >= MAX_CACHED_TOKENS) this.cache.clear();
       this.cache.set(hash, { token, until: now.getTime() + ttl });
     }
-    return token;
+    return { token, readAt };
   }
 
   /** Drops cached lookups of a token (this replica's change, or another's revocation event). */

@@ -17,7 +17,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file flowplane/auth/v1/auth.proto.
  */
 export const file_flowplane_auth_v1_auth: GenFile = /*@__PURE__*/
-  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLbBQoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQESMwoKcmV2b2tlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAogBARIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYDiABKAVIA4gBARIgChNleHBpcnlfd2FybmluZ19kYXlzGA8gASgFSASIAQESMwoKcm90YXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBYgBARJDChpwcmV2aW91c19zZWNyZXRfZXhwaXJlc19hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBogBAUINCgtfZXhwaXJlc19hdEIPCg1fbGFzdF91c2VkX2F0Qg0KC19yZXZva2VkX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXNCDQoLX3JvdGF0ZWRfYXRCHQobX3ByZXZpb3VzX3NlY3JldF9leHBpcmVzX2F0IqkBCglQcmluY2lwYWwSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDgoGc2NvcGVzGAQgAygJEhQKDHdvcmtmbG93X2lkcxgFIAMoCRIlCgRwbGFuGAYgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbiKUAQoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCRIyCgZidWNrZXQYBCABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQSFgoOaW5jbHVkZV9saW1pdHMYBSABKAgilwEKEVJhdGVMaW1pdEV4Y2VlZGVkEg4KBmJ1Y2tldBgBIAEoCRIsCghyZXRyeV9hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFgoOcmV0cnlfYWZ0ZXJfbXMYAyABKAMSLAoDYXBpGAQgASgLMh8uZmxvd3BsYW5lLmF1dGgudjEuQXBpUmF0ZUxpbWl0Im8KEUF1dGhvcml6ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLmZsb3dwbGFuZS5hdXRoLnYxLlByaW5jaXBhbBIpCgZsaW1pdHMYAiABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMifAoMQXBpUmF0ZUxpbWl0EhgKEGxpbWl0X3Blcl9taW51dGUYASABKAUSEQoJbWF4X2J1cnN0GAIgASgFEhEKCXJlbWFpbmluZxgDIAEoBRIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihQEKEkV4ZWN1dGlvblJhdGVMaW1pdBIbChNyZXF1ZXN0c19wZXJfbWludXRlGAEgASgFEhEKCW1heF9idXJzdBgCIAEoBRIRCglyZW1haW5pbmcYAyABKAUSLAoIcmVzZXRfYXQYBCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIocBChpXb3JrZmxvd0V4ZWN1dGlvblJhdGVMaW1pdBIzCgRzeW5jGAEgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0EjQKBWFzeW5jGAIgASgLMiUuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uUmF0ZUxpbWl0IrgBCgVVc2FnZRIbChNjdXJyZW50X3BlcmlvZF9jb3N0GAEgASgBEg0KBWxpbWl0GAIgASgBEgwKBHBsYW4YAyABKAkSEwoLaXNfZXhjZWVkZWQYBCABKAgSMAoMcGVyaW9kX3N0YXJ0GAUgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpwZXJpb2RfZW5kGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCK1AQoGTGltaXRzEiwKA2FwaRgBIAEoCzIfLmZsb3dwbGFuZS5hdXRoLnYxLkFwaVJhdGVMaW1pdBJUCh13b3JrZmxvd19leGVjdXRpb25fcmF0ZV9saW1pdBgCIAEoCzItLmZsb3dwbGFuZS5hdXRoLnYxLldvcmtmbG93RXhlY3V0aW9uUmF0ZUxpbWl0EicKBXVzYWdlGAMgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVXNhZ2UiJQoQR2V0TGltaXRzUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkiPgoRR2V0TGltaXRzUmVzcG9uc2USKQoGbGltaXRzGAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuTGltaXRzImAKF0NvbnN1bWVFeGVjdXRpb25SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIyCgZidWNrZXQYAiABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQiRQoYQ29uc3VtZUV4ZWN1dGlvblJlc3BvbnNlEikKBmxpbWl0cxgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLkxpbWl0cyKTAQoKVG9rZW5FdmVudBIKCgJpZBgBIAEoCRIRCgl0ZW5hbnRfaWQYAiABKAkSEAoIdG9rZW5faWQYAyABKAkSDQoFYWN0b3IYBCABKAkSDQoFZXZlbnQYBSABKAkSDgoGcmVhc29uGAYgASgJEiYKAmF0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCJbChRSZWNvcmRSZWZ1c2FsUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIdG9rZW5faWQYAiABKAkSDgoGc3RhdHVzGAMgASgFEg4KBnJlYXNvbhgEIAEoCSIXChVSZWNvcmRSZWZ1c2FsUmVzcG9uc2UiRQoRTGlzdFRva2Vuc1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEg0KBWxpbWl0GAIgASgFEg4KBmN1cnNvchgDIAEoCSJTChJMaXN0VG9rZW5zUmVzcG9uc2USKAoGdG9rZW5zGAEgAygLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4SEwoLbmV4dF9jdXJzb3IYAiABKAkiMAoPR2V0VG9rZW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCSI7ChBHZXRUb2tlblJlc3BvbnNlEicKBXRva2VuGAEgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4iYAoSUm90YXRlVG9rZW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCRIcChRncmFjZV9wZXJpb2Rfc2Vjb25kcxgDIAEoBRINCgVhY3RvchgEIAEoCSJOChNSb3RhdGVUb2tlblJlc3BvbnNlEicKBXRva2VuGAEgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4SDgoGc2VjcmV0GAIgASgJIlIKElJldm9rZVRva2VuUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSCgoCaWQYAiABKAkSDQoFYWN0b3IYAyABKAkSDgoGcmVhc29uGAQgASgJIj4KE1Jldm9rZVRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbiJcChZMaXN0VG9rZW5FdmVudHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh0b2tlbl9pZBgCIAEoCRINCgVsaW1pdBgDIAEoBRIOCgZjdXJzb3IYBCABKAkiXQoXTGlzdFRva2VuRXZlbnRzUmVzcG9uc2USLQoGZXZlbnRzGAEgAygLMh0uZmxvd3BsYW5lLmF1dGgudjEuVG9rZW5FdmVudBITCgtuZXh0X2N1cnNvchgCIAEoCSLoAgoSQ3JlYXRlVG9rZW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIqCgRraW5kGAIgASgOMhwuZmxvd3BsYW5lLmF1dGgudjEuVG9rZW5LaW5kEgwKBG5hbWUYAyABKAkSDwoHcHVycG9zZRgEIAEoCRIOCgZzY29wZXMYBSADKAkSFAoMd29ya2Zsb3dfaWRzGAYgAygJEjMKCmV4cGlyZXNfYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSACIAQESEgoKY3JlYXRlZF9ieRgIIAEoCRIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYCSABKAVIAYgBARIgChNleHBpcnlfd2FybmluZ19kYXlzGAogASgFSAKIAQFCDQoLX2V4cGlyZXNfYXRCGAoWX3JhdGVfbGltaXRfcGVyX21pbnV0ZUIWChRfZXhwaXJ5X3dhcm5pbmdfZGF5cyJOChNDcmVhdGVUb2tlblJlc3BvbnNlEicKBXRva2VuGAEgASgLMhguZmxvd3BsYW5lLmF1dGgudjEuVG9rZW4SDgoGc2VjcmV0GAIgASgJInkKE0NyZWF0ZVRlbmFudFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIlCgRwbGFuGAIgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIZChFpc3N1ZV9hZG1pbl90b2tlbhgDIAEoCBISCgpjcmVhdGVkX2J5GAQgASgJIoYBChRDcmVhdGVUZW5hbnRSZXNwb25zZRIpCgZ0ZW5hbnQYASABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5UZW5hbnQSLQoLYWRtaW5fdG9rZW4YAiABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhIUCgxhZG1pbl9zZWNyZXQYAyABKAkiHgoQR2V0VGVuYW50UmVxdWVzdBIKCgJpZBgBIAEoCSI+ChFHZXRUZW5hbnRSZXNwb25zZRIpCgZ0ZW5hbnQYASABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5UZW5hbnQqagoPRXhlY3V0aW9uQnVja2V0EiAKHEVYRUNVVElPTl9CVUNLRVRfVU5TUEVDSUZJRUQQABIZChVFWEVDVVRJT05fQlVDS0VUX1NZTkMQARIaChZFWEVDVVRJT05fQlVDS0VUX0FTWU5DEAIqUQoJVG9rZW5LaW5kEhoKFlRPS0VOX0tJTkRfVU5TUEVDSUZJRUQQABIUChBUT0tFTl9LSU5EX0FETUlOEAESEgoOVE9LRU5fS0lORF9BUFAQAipdCgRQbGFuEhQKEFBMQU5fVU5TUEVDSUZJRUQQABINCglQTEFOX0ZSRUUQARIMCghQTEFOX1BSTxACEg0KCVBMQU5fVEVBTRADEhMKD1BMQU5fRU5URVJQUklTRRAEMsIHCgtBdXRoU2VydmljZRJWCglBdXRob3JpemUSIy5mbG93cGxhbmUuYXV0aC52MS5BdXRob3JpemVSZXF1ZXN0GiQuZmxvd3BsYW5lLmF1dGgudjEuQXV0aG9yaXplUmVzcG9uc2USXAoLQ3JlYXRlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUb2tlblJlc3BvbnNlElYKCUdldExpbWl0cxIjLmZsb3dwbGFuZS5hdXRoLnYxLkdldExpbWl0c1JlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5HZXRMaW1pdHNSZXNwb25zZRJrChBDb25zdW1lRXhlY3V0aW9uEiouZmxvd3BsYW5lLmF1dGgudjEuQ29uc3VtZUV4ZWN1dGlvblJlcXVlc3QaKy5mbG93cGxhbmUuYXV0aC52MS5Db25zdW1lRXhlY3V0aW9uUmVzcG9uc2USWQoKTGlzdFRva2VucxIkLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiUuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElMKCEdldFRva2VuEiIuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXF1ZXN0GiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXNwb25zZRJcCgtSb3RhdGVUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2USXAoLUmV2b2tlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlc3BvbnNlEmgKD0xpc3RUb2tlbkV2ZW50cxIpLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QaKi5mbG93cGxhbmUuYXV0aC52MS5MaXN0VG9rZW5FdmVudHNSZXNwb25zZRJiCg1SZWNvcmRSZWZ1c2FsEicuZmxvd3BsYW5lLmF1dGgudjEuUmVjb3JkUmVmdXNhbFJlcXVlc3QaKC5mbG93cGxhbmUuYXV0aC52MS5SZWNvcmRSZWZ1c2FsUmVzcG9uc2UyyAEKDVRlbmFudFNlcnZpY2USXwoMQ3JlYXRlVGVuYW50EiYuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBonLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElYKCUdldFRlbmFudBIjLmZsb3dwbGFuZS5hdXRoLnYxLkdldFRlbmFudFJlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5HZXRUZW5hbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
+  fileDesc("ChxmbG93cGxhbmUvYXV0aC92MS9hdXRoLnByb3RvEhFmbG93cGxhbmUuYXV0aC52MSJ5CgZUZW5hbnQSCgoCaWQYASABKAkSDAoEbmFtZRgCIAEoCRIlCgRwbGFuGAMgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbhIuCgpjcmVhdGVkX2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCLbBQoFVG9rZW4SCgoCaWQYASABKAkSEQoJdGVuYW50X2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgEIAEoCRIPCgdwdXJwb3NlGAUgASgJEg4KBnNjb3BlcxgGIAMoCRIUCgx3b3JrZmxvd19pZHMYByADKAkSDgoGcHJlZml4GAggASgJEhIKCmNyZWF0ZWRfYnkYCSABKAkSLgoKY3JlYXRlZF9hdBgKIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMwoKZXhwaXJlc19hdBgLIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARI1CgxsYXN0X3VzZWRfYXQYDCABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wSAGIAQESMwoKcmV2b2tlZF9hdBgNIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAogBARIiChVyYXRlX2xpbWl0X3Blcl9taW51dGUYDiABKAVIA4gBARIgChNleHBpcnlfd2FybmluZ19kYXlzGA8gASgFSASIAQESMwoKcm90YXRlZF9hdBgQIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBYgBARJDChpwcmV2aW91c19zZWNyZXRfZXhwaXJlc19hdBgRIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIBogBAUINCgtfZXhwaXJlc19hdEIPCg1fbGFzdF91c2VkX2F0Qg0KC19yZXZva2VkX2F0QhgKFl9yYXRlX2xpbWl0X3Blcl9taW51dGVCFgoUX2V4cGlyeV93YXJuaW5nX2RheXNCDQoLX3JvdGF0ZWRfYXRCHQobX3ByZXZpb3VzX3NlY3JldF9leHBpcmVzX2F0IqkBCglQcmluY2lwYWwSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEioKBGtpbmQYAyABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDgoGc2NvcGVzGAQgAygJEhQKDHdvcmtmbG93X2lkcxgFIAMoCRIlCgRwbGFuGAYgASgOMhcuZmxvd3BsYW5lLmF1dGgudjEuUGxhbiLAAQoQQXV0aG9yaXplUmVxdWVzdBIPCgdhcGlfa2V5GAEgASgJEg4KBmFjdGlvbhgCIAEoCRITCgtyZXNvdXJjZV9pZBgDIAEoCRIyCgZidWNrZXQYBCABKA4yIi5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25CdWNrZXQSFgoOaW5jbHVkZV9saW1pdHMYBSABKAgSFAoMbGVhc2VfdG9rZW5zGAYgASgFEhQKDGxlYXNlX3R0bF9tcxgHIAEoBSKXAQoRUmF0ZUxpbWl0RXhjZWVkZWQSDgoGYnVja2V0GAEgASgJEiwKCHJldHJ5X2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIWCg5yZXRyeV9hZnRlcl9tcxgDIAEoAxIsCgNhcGkYBCABKAsyHy5mbG93cGxhbmUuYXV0aC52MS5BcGlSYXRlTGltaXQinwEKEUF1dGhvcml6ZVJlc3BvbnNlEi8KCXByaW5jaXBhbBgBIAEoCzIcLmZsb3dwbGFuZS5hdXRoLnYxLlByaW5jaXBhbBIpCgZsaW1pdHMYAiABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMSFgoOZ3JhbnRlZF90b2tlbnMYAyABKAUSFgoOZ3JhbnRfdmFsaWRfbXMYBCABKAUifgoTUmV0dXJuVG9rZW5zUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSEAoIdG9rZW5faWQYAiABKAkSMgoGYnVja2V0GAMgASgOMiIuZmxvd3BsYW5lLmF1dGgudjEuRXhlY3V0aW9uQnVja2V0Eg4KBnRva2VucxgEIAEoBSIWChRSZXR1cm5Ub2tlbnNSZXNwb25zZSJ8CgxBcGlSYXRlTGltaXQSGAoQbGltaXRfcGVyX21pbnV0ZRgBIAEoBRIRCgltYXhfYnVyc3QYAiABKAUSEQoJcmVtYWluaW5nGAMgASgFEiwKCHJlc2V0X2F0GAQgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCKFAQoSRXhlY3V0aW9uUmF0ZUxpbWl0EhsKE3JlcXVlc3RzX3Blcl9taW51dGUYASABKAUSEQoJbWF4X2J1cnN0GAIgASgFEhEKCXJlbWFpbmluZxgDIAEoBRIsCghyZXNldF9hdBgEIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAihwEKGldvcmtmbG93RXhlY3V0aW9uUmF0ZUxpbWl0EjMKBHN5bmMYASABKAsyJS5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25SYXRlTGltaXQSNAoFYXN5bmMYAiABKAsyJS5mbG93cGxhbmUuYXV0aC52MS5FeGVjdXRpb25SYXRlTGltaXQiuAEKBVVzYWdlEhsKE2N1cnJlbnRfcGVyaW9kX2Nvc3QYASABKAESDQoFbGltaXQYAiABKAESDAoEcGxhbhgDIAEoCRITCgtpc19leGNlZWRlZBgEIAEoCBIwCgxwZXJpb2Rfc3RhcnQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEi4KCnBlcmlvZF9lbmQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIrUBCgZMaW1pdHMSLAoDYXBpGAEgASgLMh8uZmxvd3BsYW5lLmF1dGgudjEuQXBpUmF0ZUxpbWl0ElQKHXdvcmtmbG93X2V4ZWN1dGlvbl9yYXRlX2xpbWl0GAIgASgLMi0uZmxvd3BsYW5lLmF1dGgudjEuV29ya2Zsb3dFeGVjdXRpb25SYXRlTGltaXQSJwoFdXNhZ2UYAyABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Vc2FnZSIlChBHZXRMaW1pdHNSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCSI+ChFHZXRMaW1pdHNSZXNwb25zZRIpCgZsaW1pdHMYASABKAsyGS5mbG93cGxhbmUuYXV0aC52MS5MaW1pdHMiYAoXQ29uc3VtZUV4ZWN1dGlvblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEjIKBmJ1Y2tldBgCIAEoDjIiLmZsb3dwbGFuZS5hdXRoLnYxLkV4ZWN1dGlvbkJ1Y2tldCJFChhDb25zdW1lRXhlY3V0aW9uUmVzcG9uc2USKQoGbGltaXRzGAEgASgLMhkuZmxvd3BsYW5lLmF1dGgudjEuTGltaXRzIpMBCgpUb2tlbkV2ZW50EgoKAmlkGAEgASgJEhEKCXRlbmFudF9pZBgCIAEoCRIQCgh0b2tlbl9pZBgDIAEoCRINCgVhY3RvchgEIAEoCRINCgVldmVudBgFIAEoCRIOCgZyZWFzb24YBiABKAkSJgoCYXQYByABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wIlsKFFJlY29yZFJlZnVzYWxSZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIQCgh0b2tlbl9pZBgCIAEoCRIOCgZzdGF0dXMYAyABKAUSDgoGcmVhc29uGAQgASgJIhcKFVJlY29yZFJlZnVzYWxSZXNwb25zZSJFChFMaXN0VG9rZW5zUmVxdWVzdBIRCgl0ZW5hbnRfaWQYASABKAkSDQoFbGltaXQYAiABKAUSDgoGY3Vyc29yGAMgASgJIlMKEkxpc3RUb2tlbnNSZXNwb25zZRIoCgZ0b2tlbnMYASADKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhITCgtuZXh0X2N1cnNvchgCIAEoCSIwCg9HZXRUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJIjsKEEdldFRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbiJgChJSb3RhdGVUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEgoKAmlkGAIgASgJEhwKFGdyYWNlX3BlcmlvZF9zZWNvbmRzGAMgASgFEg0KBWFjdG9yGAQgASgJIk4KE1JvdGF0ZVRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhIOCgZzZWNyZXQYAiABKAkiUgoSUmV2b2tlVG9rZW5SZXF1ZXN0EhEKCXRlbmFudF9pZBgBIAEoCRIKCgJpZBgCIAEoCRINCgVhY3RvchgDIAEoCRIOCgZyZWFzb24YBCABKAkiPgoTUmV2b2tlVG9rZW5SZXNwb25zZRInCgV0b2tlbhgBIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuIlwKFkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEhAKCHRva2VuX2lkGAIgASgJEg0KBWxpbWl0GAMgASgFEg4KBmN1cnNvchgEIAEoCSJdChdMaXN0VG9rZW5FdmVudHNSZXNwb25zZRItCgZldmVudHMYASADKAsyHS5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbkV2ZW50EhMKC25leHRfY3Vyc29yGAIgASgJIugCChJDcmVhdGVUb2tlblJlcXVlc3QSEQoJdGVuYW50X2lkGAEgASgJEioKBGtpbmQYAiABKA4yHC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbktpbmQSDAoEbmFtZRgDIAEoCRIPCgdwdXJwb3NlGAQgASgJEg4KBnNjb3BlcxgFIAMoCRIUCgx3b3JrZmxvd19pZHMYBiADKAkSMwoKZXhwaXJlc19hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXBIAIgBARISCgpjcmVhdGVkX2J5GAggASgJEiIKFXJhdGVfbGltaXRfcGVyX21pbnV0ZRgJIAEoBUgBiAEBEiAKE2V4cGlyeV93YXJuaW5nX2RheXMYCiABKAVIAogBAUINCgtfZXhwaXJlc19hdEIYChZfcmF0ZV9saW1pdF9wZXJfbWludXRlQhYKFF9leHBpcnlfd2FybmluZ19kYXlzIk4KE0NyZWF0ZVRva2VuUmVzcG9uc2USJwoFdG9rZW4YASABKAsyGC5mbG93cGxhbmUuYXV0aC52MS5Ub2tlbhIOCgZzZWNyZXQYAiABKAkieQoTQ3JlYXRlVGVuYW50UmVxdWVzdBIMCgRuYW1lGAEgASgJEiUKBHBsYW4YAiABKA4yFy5mbG93cGxhbmUuYXV0aC52MS5QbGFuEhkKEWlzc3VlX2FkbWluX3Rva2VuGAMgASgIEhIKCmNyZWF0ZWRfYnkYBCABKAkihgEKFENyZWF0ZVRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLlRlbmFudBItCgthZG1pbl90b2tlbhgCIAEoCzIYLmZsb3dwbGFuZS5hdXRoLnYxLlRva2VuEhQKDGFkbWluX3NlY3JldBgDIAEoCSIeChBHZXRUZW5hbnRSZXF1ZXN0EgoKAmlkGAEgASgJIj4KEUdldFRlbmFudFJlc3BvbnNlEikKBnRlbmFudBgBIAEoCzIZLmZsb3dwbGFuZS5hdXRoLnYxLlRlbmFudCpqCg9FeGVjdXRpb25CdWNrZXQSIAocRVhFQ1VUSU9OX0JVQ0tFVF9VTlNQRUNJRklFRBAAEhkKFUVYRUNVVElPTl9CVUNLRVRfU1lOQxABEhoKFkVYRUNVVElPTl9CVUNLRVRfQVNZTkMQAipRCglUb2tlbktpbmQSGgoWVE9LRU5fS0lORF9VTlNQRUNJRklFRBAAEhQKEFRPS0VOX0tJTkRfQURNSU4QARISCg5UT0tFTl9LSU5EX0FQUBACKl0KBFBsYW4SFAoQUExBTl9VTlNQRUNJRklFRBAAEg0KCVBMQU5fRlJFRRABEgwKCFBMQU5fUFJPEAISDQoJUExBTl9URUFNEAMSEwoPUExBTl9FTlRFUlBSSVNFEAQyowgKC0F1dGhTZXJ2aWNlElYKCUF1dGhvcml6ZRIjLmZsb3dwbGFuZS5hdXRoLnYxLkF1dGhvcml6ZVJlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5BdXRob3JpemVSZXNwb25zZRJfCgxSZXR1cm5Ub2tlbnMSJi5mbG93cGxhbmUuYXV0aC52MS5SZXR1cm5Ub2tlbnNSZXF1ZXN0GicuZmxvd3BsYW5lLmF1dGgudjEuUmV0dXJuVG9rZW5zUmVzcG9uc2USXAoLQ3JlYXRlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5DcmVhdGVUb2tlblJlc3BvbnNlElYKCUdldExpbWl0cxIjLmZsb3dwbGFuZS5hdXRoLnYxLkdldExpbWl0c1JlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5HZXRMaW1pdHNSZXNwb25zZRJrChBDb25zdW1lRXhlY3V0aW9uEiouZmxvd3BsYW5lLmF1dGgudjEuQ29uc3VtZUV4ZWN1dGlvblJlcXVlc3QaKy5mbG93cGxhbmUuYXV0aC52MS5Db25zdW1lRXhlY3V0aW9uUmVzcG9uc2USWQoKTGlzdFRva2VucxIkLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbnNSZXF1ZXN0GiUuZmxvd3BsYW5lLmF1dGgudjEuTGlzdFRva2Vuc1Jlc3BvbnNlElMKCEdldFRva2VuEiIuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXF1ZXN0GiMuZmxvd3BsYW5lLmF1dGgudjEuR2V0VG9rZW5SZXNwb25zZRJcCgtSb3RhdGVUb2tlbhIlLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVxdWVzdBomLmZsb3dwbGFuZS5hdXRoLnYxLlJvdGF0ZVRva2VuUmVzcG9uc2USXAoLUmV2b2tlVG9rZW4SJS5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlcXVlc3QaJi5mbG93cGxhbmUuYXV0aC52MS5SZXZva2VUb2tlblJlc3BvbnNlEmgKD0xpc3RUb2tlbkV2ZW50cxIpLmZsb3dwbGFuZS5hdXRoLnYxLkxpc3RUb2tlbkV2ZW50c1JlcXVlc3QaKi5mbG93cGxhbmUuYXV0aC52MS5MaXN0VG9rZW5FdmVudHNSZXNwb25zZRJiCg1SZWNvcmRSZWZ1c2FsEicuZmxvd3BsYW5lLmF1dGgudjEuUmVjb3JkUmVmdXNhbFJlcXVlc3QaKC5mbG93cGxhbmUuYXV0aC52MS5SZWNvcmRSZWZ1c2FsUmVzcG9uc2UyyAEKDVRlbmFudFNlcnZpY2USXwoMQ3JlYXRlVGVuYW50EiYuZmxvd3BsYW5lLmF1dGgudjEuQ3JlYXRlVGVuYW50UmVxdWVzdBonLmZsb3dwbGFuZS5hdXRoLnYxLkNyZWF0ZVRlbmFudFJlc3BvbnNlElYKCUdldFRlbmFudBIjLmZsb3dwbGFuZS5hdXRoLnYxLkdldFRlbmFudFJlcXVlc3QaJC5mbG93cGxhbmUuYXV0aC52MS5HZXRUZW5hbnRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_timestamp]);
 
 /**
  * @generated from message flowplane.auth.v1.Tenant
@@ -250,6 +250,22 @@ export type AuthorizeRequest = Message<"flowplane.auth.v1.AuthorizeRequest"> & {
    * @generated from field: bool include_limits = 5;
    */
   includeLimits: boolean;
+
+  /**
+   * Lease: take up to this many tokens (of the API-call bucket, and of `bucket` when named) in this
+   * call; at least one is granted or the call is refused exactly as without a lease. 0 or 1: one
+   * token, the plain behaviour. Ignored with include_limits. At most 100000.
+   *
+   * @generated from field: int32 lease_tokens = 6;
+   */
+  leaseTokens: number;
+
+  /**
+   * How long the caller may hold leased tokens, ms (at most 60000); bounds grant_valid_ms.
+   *
+   * @generated from field: int32 lease_ttl_ms = 7;
+   */
+  leaseTtlMs: number;
 };
 
 /**
@@ -311,11 +327,30 @@ export type AuthorizeResponse = Message<"flowplane.auth.v1.AuthorizeResponse"> &
   principal?: Principal | undefined;
 
   /**
-   * State after this request's consumption.
+   * State after this request's consumption (all granted tokens taken).
    *
    * @generated from field: flowplane.auth.v1.Limits limits = 2;
    */
   limits?: Limits | undefined;
+
+  /**
+   * Tokens taken from each consumed bucket: 1 without a lease. This request uses one; the caller
+   * may spend the others on later requests with the same key, action, resource and bucket until
+   * grant_valid_ms has passed, and gives back what it did not spend with ReturnTokens. The usage
+   * limit ("insufficient credits") was checked once for all of them.
+   *
+   * @generated from field: int32 granted_tokens = 3;
+   */
+  grantedTokens: number;
+
+  /**
+   * How long after this answer the grant and the principal may be relied on, ms: at most
+   * lease_ttl_ms counted from when this replica read the key, never past the key's expiry or the end
+   * of a rotation grace (when the key is the replaced secret). 0 when no lease was granted.
+   *
+   * @generated from field: int32 grant_valid_ms = 4;
+   */
+  grantValidMs: number;
 };
 
 /**
@@ -324,6 +359,53 @@ export type AuthorizeResponse = Message<"flowplane.auth.v1.AuthorizeResponse"> &
  */
 export const AuthorizeResponseSchema: GenMessage<AuthorizeResponse> = /*@__PURE__*/
   messageDesc(file_flowplane_auth_v1_auth, 5);
+
+/**
+ * @generated from message flowplane.auth.v1.ReturnTokensRequest
+ */
+export type ReturnTokensRequest = Message<"flowplane.auth.v1.ReturnTokensRequest"> & {
+  /**
+   * @generated from field: string tenant_id = 1;
+   */
+  tenantId: string;
+
+  /**
+   * @generated from field: string token_id = 2;
+   */
+  tokenId: string;
+
+  /**
+   * The execution bucket the lease also took from (UNSPECIFIED: only the API-call buckets).
+   *
+   * @generated from field: flowplane.auth.v1.ExecutionBucket bucket = 3;
+   */
+  bucket: ExecutionBucket;
+
+  /**
+   * @generated from field: int32 tokens = 4;
+   */
+  tokens: number;
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ReturnTokensRequest.
+ * Use `create(ReturnTokensRequestSchema)` to create a new message.
+ */
+export const ReturnTokensRequestSchema: GenMessage<ReturnTokensRequest> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 6);
+
+/**
+ * @generated from message flowplane.auth.v1.ReturnTokensResponse
+ */
+export type ReturnTokensResponse = Message<"flowplane.auth.v1.ReturnTokensResponse"> & {
+};
+
+/**
+ * Describes the message flowplane.auth.v1.ReturnTokensResponse.
+ * Use `create(ReturnTokensResponseSchema)` to create a new message.
+ */
+export const ReturnTokensResponseSchema: GenMessage<ReturnTokensResponse> = /*@__PURE__*/
+  messageDesc(file_flowplane_auth_v1_auth, 7);
 
 /**
  * The API-call bucket (seed 002 X-RateLimit-* headers). When the token has its own, narrower limit,
@@ -364,7 +446,7 @@ export type ApiRateLimit = Message<"flowplane.auth.v1.ApiRateLimit"> & {
  * Use `create(ApiRateLimitSchema)` to create a new message.
  */
 export const ApiRateLimitSchema: GenMessage<ApiRateLimit> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 6);
+  messageDesc(file_flowplane_auth_v1_auth, 8);
 
 /**
  * One workflow-execution bucket (seed 002 limits.workflowExecutionRateLimit.sync / async).
@@ -398,7 +480,7 @@ export type ExecutionRateLimit = Message<"flowplane.auth.v1.ExecutionRateLimit">
  * Use `create(ExecutionRateLimitSchema)` to create a new message.
  */
 export const ExecutionRateLimitSchema: GenMessage<ExecutionRateLimit> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 7);
+  messageDesc(file_flowplane_auth_v1_auth, 9);
 
 /**
  * @generated from message flowplane.auth.v1.WorkflowExecutionRateLimit
@@ -420,7 +502,7 @@ export type WorkflowExecutionRateLimit = Message<"flowplane.auth.v1.WorkflowExec
  * Use `create(WorkflowExecutionRateLimitSchema)` to create a new message.
  */
 export const WorkflowExecutionRateLimitSchema: GenMessage<WorkflowExecutionRateLimit> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 8);
+  messageDesc(file_flowplane_auth_v1_auth, 10);
 
 /**
  * Billing-period usage (seed 002 limits.usage).
@@ -472,7 +554,7 @@ export type Usage = Message<"flowplane.auth.v1.Usage"> & {
  * Use `create(UsageSchema)` to create a new message.
  */
 export const UsageSchema: GenMessage<Usage> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 9);
+  messageDesc(file_flowplane_auth_v1_auth, 11);
 
 /**
  * @generated from message flowplane.auth.v1.Limits
@@ -499,7 +581,7 @@ export type Limits = Message<"flowplane.auth.v1.Limits"> & {
  * Use `create(LimitsSchema)` to create a new message.
  */
 export const LimitsSchema: GenMessage<Limits> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 10);
+  messageDesc(file_flowplane_auth_v1_auth, 12);
 
 /**
  * @generated from message flowplane.auth.v1.GetLimitsRequest
@@ -516,7 +598,7 @@ export type GetLimitsRequest = Message<"flowplane.auth.v1.GetLimitsRequest"> & {
  * Use `create(GetLimitsRequestSchema)` to create a new message.
  */
 export const GetLimitsRequestSchema: GenMessage<GetLimitsRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 11);
+  messageDesc(file_flowplane_auth_v1_auth, 13);
 
 /**
  * @generated from message flowplane.auth.v1.GetLimitsResponse
@@ -533,7 +615,7 @@ export type GetLimitsResponse = Message<"flowplane.auth.v1.GetLimitsResponse"> &
  * Use `create(GetLimitsResponseSchema)` to create a new message.
  */
 export const GetLimitsResponseSchema: GenMessage<GetLimitsResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 12);
+  messageDesc(file_flowplane_auth_v1_auth, 14);
 
 /**
  * @generated from message flowplane.auth.v1.ConsumeExecutionRequest
@@ -557,7 +639,7 @@ export type ConsumeExecutionRequest = Message<"flowplane.auth.v1.ConsumeExecutio
  * Use `create(ConsumeExecutionRequestSchema)` to create a new message.
  */
 export const ConsumeExecutionRequestSchema: GenMessage<ConsumeExecutionRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 13);
+  messageDesc(file_flowplane_auth_v1_auth, 15);
 
 /**
  * @generated from message flowplane.auth.v1.ConsumeExecutionResponse
@@ -576,7 +658,7 @@ export type ConsumeExecutionResponse = Message<"flowplane.auth.v1.ConsumeExecuti
  * Use `create(ConsumeExecutionResponseSchema)` to create a new message.
  */
 export const ConsumeExecutionResponseSchema: GenMessage<ConsumeExecutionResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 14);
+  messageDesc(file_flowplane_auth_v1_auth, 16);
 
 /**
  * An audit record of a token.
@@ -631,7 +713,7 @@ export type TokenEvent = Message<"flowplane.auth.v1.TokenEvent"> & {
  * Use `create(TokenEventSchema)` to create a new message.
  */
 export const TokenEventSchema: GenMessage<TokenEvent> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 15);
+  messageDesc(file_flowplane_auth_v1_auth, 17);
 
 /**
  * @generated from message flowplane.auth.v1.RecordRefusalRequest
@@ -668,7 +750,7 @@ export type RecordRefusalRequest = Message<"flowplane.auth.v1.RecordRefusalReque
  * Use `create(RecordRefusalRequestSchema)` to create a new message.
  */
 export const RecordRefusalRequestSchema: GenMessage<RecordRefusalRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 16);
+  messageDesc(file_flowplane_auth_v1_auth, 18);
 
 /**
  * @generated from message flowplane.auth.v1.RecordRefusalResponse
@@ -681,7 +763,7 @@ export type RecordRefusalResponse = Message<"flowplane.auth.v1.RecordRefusalResp
  * Use `create(RecordRefusalResponseSchema)` to create a new message.
  */
 export const RecordRefusalResponseSchema: GenMessage<RecordRefusalResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 17);
+  messageDesc(file_flowplane_auth_v1_auth, 19);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokensRequest
@@ -712,7 +794,7 @@ export type ListTokensRequest = Message<"flowplane.auth.v1.ListTokensRequest"> &
  * Use `create(ListTokensRequestSchema)` to create a new message.
  */
 export const ListTokensRequestSchema: GenMessage<ListTokensRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 18);
+  messageDesc(file_flowplane_auth_v1_auth, 20);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokensResponse
@@ -736,7 +818,7 @@ export type ListTokensResponse = Message<"flowplane.auth.v1.ListTokensResponse">
  * Use `create(ListTokensResponseSchema)` to create a new message.
  */
 export const ListTokensResponseSchema: GenMessage<ListTokensResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 19);
+  messageDesc(file_flowplane_auth_v1_auth, 21);
 
 /**
  * @generated from message flowplane.auth.v1.GetTokenRequest
@@ -758,7 +840,7 @@ export type GetTokenRequest = Message<"flowplane.auth.v1.GetTokenRequest"> & {
  * Use `create(GetTokenRequestSchema)` to create a new message.
  */
 export const GetTokenRequestSchema: GenMessage<GetTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 20);
+  messageDesc(file_flowplane_auth_v1_auth, 22);
 
 /**
  * @generated from message flowplane.auth.v1.GetTokenResponse
@@ -775,7 +857,7 @@ export type GetTokenResponse = Message<"flowplane.auth.v1.GetTokenResponse"> & {
  * Use `create(GetTokenResponseSchema)` to create a new message.
  */
 export const GetTokenResponseSchema: GenMessage<GetTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 21);
+  messageDesc(file_flowplane_auth_v1_auth, 23);
 
 /**
  * @generated from message flowplane.auth.v1.RotateTokenRequest
@@ -811,7 +893,7 @@ export type RotateTokenRequest = Message<"flowplane.auth.v1.RotateTokenRequest">
  * Use `create(RotateTokenRequestSchema)` to create a new message.
  */
 export const RotateTokenRequestSchema: GenMessage<RotateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 22);
+  messageDesc(file_flowplane_auth_v1_auth, 24);
 
 /**
  * @generated from message flowplane.auth.v1.RotateTokenResponse
@@ -835,7 +917,7 @@ export type RotateTokenResponse = Message<"flowplane.auth.v1.RotateTokenResponse
  * Use `create(RotateTokenResponseSchema)` to create a new message.
  */
 export const RotateTokenResponseSchema: GenMessage<RotateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 23);
+  messageDesc(file_flowplane_auth_v1_auth, 25);
 
 /**
  * @generated from message flowplane.auth.v1.RevokeTokenRequest
@@ -869,7 +951,7 @@ export type RevokeTokenRequest = Message<"flowplane.auth.v1.RevokeTokenRequest">
  * Use `create(RevokeTokenRequestSchema)` to create a new message.
  */
 export const RevokeTokenRequestSchema: GenMessage<RevokeTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 24);
+  messageDesc(file_flowplane_auth_v1_auth, 26);
 
 /**
  * @generated from message flowplane.auth.v1.RevokeTokenResponse
@@ -886,7 +968,7 @@ export type RevokeTokenResponse = Message<"flowplane.auth.v1.RevokeTokenResponse
  * Use `create(RevokeTokenResponseSchema)` to create a new message.
  */
 export const RevokeTokenResponseSchema: GenMessage<RevokeTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 25);
+  messageDesc(file_flowplane_auth_v1_auth, 27);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokenEventsRequest
@@ -922,7 +1004,7 @@ export type ListTokenEventsRequest = Message<"flowplane.auth.v1.ListTokenEventsR
  * Use `create(ListTokenEventsRequestSchema)` to create a new message.
  */
 export const ListTokenEventsRequestSchema: GenMessage<ListTokenEventsRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 26);
+  messageDesc(file_flowplane_auth_v1_auth, 28);
 
 /**
  * @generated from message flowplane.auth.v1.ListTokenEventsResponse
@@ -944,7 +1026,7 @@ export type ListTokenEventsResponse = Message<"flowplane.auth.v1.ListTokenEvents
  * Use `create(ListTokenEventsResponseSchema)` to create a new message.
  */
 export const ListTokenEventsResponseSchema: GenMessage<ListTokenEventsResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 27);
+  messageDesc(file_flowplane_auth_v1_auth, 29);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenRequest
@@ -1012,7 +1094,7 @@ export type CreateTokenRequest = Message<"flowplane.auth.v1.CreateTokenRequest">
  * Use `create(CreateTokenRequestSchema)` to create a new message.
  */
 export const CreateTokenRequestSchema: GenMessage<CreateTokenRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 28);
+  messageDesc(file_flowplane_auth_v1_auth, 30);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTokenResponse
@@ -1036,7 +1118,7 @@ export type CreateTokenResponse = Message<"flowplane.auth.v1.CreateTokenResponse
  * Use `create(CreateTokenResponseSchema)` to create a new message.
  */
 export const CreateTokenResponseSchema: GenMessage<CreateTokenResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 29);
+  messageDesc(file_flowplane_auth_v1_auth, 31);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantRequest
@@ -1074,7 +1156,7 @@ export type CreateTenantRequest = Message<"flowplane.auth.v1.CreateTenantRequest
  * Use `create(CreateTenantRequestSchema)` to create a new message.
  */
 export const CreateTenantRequestSchema: GenMessage<CreateTenantRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 30);
+  messageDesc(file_flowplane_auth_v1_auth, 32);
 
 /**
  * @generated from message flowplane.auth.v1.CreateTenantResponse
@@ -1105,7 +1187,7 @@ export type CreateTenantResponse = Message<"flowplane.auth.v1.CreateTenantRespon
  * Use `create(CreateTenantResponseSchema)` to create a new message.
  */
 export const CreateTenantResponseSchema: GenMessage<CreateTenantResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 31);
+  messageDesc(file_flowplane_auth_v1_auth, 33);
 
 /**
  * @generated from message flowplane.auth.v1.GetTenantRequest
@@ -1122,7 +1204,7 @@ export type GetTenantRequest = Message<"flowplane.auth.v1.GetTenantRequest"> & {
  * Use `create(GetTenantRequestSchema)` to create a new message.
  */
 export const GetTenantRequestSchema: GenMessage<GetTenantRequest> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 32);
+  messageDesc(file_flowplane_auth_v1_auth, 34);
 
 /**
  * @generated from message flowplane.auth.v1.GetTenantResponse
@@ -1139,7 +1221,7 @@ export type GetTenantResponse = Message<"flowplane.auth.v1.GetTenantResponse"> &
  * Use `create(GetTenantResponseSchema)` to create a new message.
  */
 export const GetTenantResponseSchema: GenMessage<GetTenantResponse> = /*@__PURE__*/
-  messageDesc(file_flowplane_auth_v1_auth, 33);
+  messageDesc(file_flowplane_auth_v1_auth, 35);
 
 /**
  * Which workflow-execution bucket a request consumes, besides the API-call bucket.
@@ -1250,6 +1332,9 @@ export const AuthService: GenService<{
    * (a scope such as "workflows:execute") on `resource_id` (a workflow id, when the action targets
    * one). Refusals: UNAUTHENTICATED for a malformed, unknown, revoked or expired key;
    * PERMISSION_DENIED for a missing scope or a workflow outside the token's restriction.
+   * With lease_tokens > 1 the caller (the gateway's authorization cache) may be granted several
+   * tokens at once, to spend on its next requests with the same key, action, resource and bucket
+   * without calling again; see AuthorizeResponse.granted_tokens.
    *
    * @generated from rpc flowplane.auth.v1.AuthService.Authorize
    */
@@ -1257,6 +1342,19 @@ export const AuthService: GenService<{
     methodKind: "unary";
     input: typeof AuthorizeRequestSchema;
     output: typeof AuthorizeResponseSchema;
+  },
+  /**
+   * ReturnTokens gives back tokens an Authorize lease granted and the caller did not spend (its
+   * grant expired or the key was revoked): the API-call bucket (and the token's own), and the
+   * execution bucket when one is named, get `tokens` back, capped at their burst. NOT_FOUND when
+   * the token is not the tenant's; INVALID_ARGUMENT for a count outside 0..100000.
+   *
+   * @generated from rpc flowplane.auth.v1.AuthService.ReturnTokens
+   */
+  returnTokens: {
+    methodKind: "unary";
+    input: typeof ReturnTokensRequestSchema;
+    output: typeof ReturnTokensResponseSchema;
   },
   /**
    * CreateToken issues a new token for a tenant. The secret is returned once and stored only as a
