@@ -105,8 +105,39 @@ export function snapshotFromEvent(event: ExecutionCompleted): NewSnapshot | unde
   };
 }
 
+/**
+ * The (tenant, workflow, version)s whose snapshot this process has seen committed. Versions are
+ * immutable and snapshots are never deleted, so a version's snapshot is converted, redacted and sent
+ * once per process instead of with every completion (every completion carries the definition).
+ */
+class StoredSnapshots {
+  private readonly keys = new Set<string>();
+
+  constructor(private readonly max = 10_000) {}
+
+  private static key(event: ExecutionCompleted): string {
+    return JSON.stringify([event.tenantId, event.workflowId, event.workflowVersion]);
+  }
+
+  /** The snapshot to store with this completion: none when this version's is known stored. */
+  snapshotFor(event: ExecutionCompleted): NewSnapshot | undefined {
+    return this.keys.has(StoredSnapshots.key(event)) ? undefined : snapshotFromEvent(event);
+  }
+
+  /** Call once the transaction that stored these completions' snapshots has committed. */
+  committed(events: ExecutionCompleted[]): void {
+    for (const event of events) {
+      if (!event.workflowState) continue;
+      // Forgetting only costs a redundant (conflict-ignored) insert.
+      if (this.keys.size >= this.max) this.keys.clear();
+      this.keys.add(StoredSnapshots.key(event));
+    }
+  }
+}
+
 /** Declares the executions stream and the durable `logs` consumer, then ingests completions. */
 export function startIngest(deps: IngestDeps): Promise<DurableConsumer> {
+  const snapshots = new StoredSnapshots();
   return startDurableConsumer({
     js: deps.js,
     jsm: deps.jsm,
@@ -116,16 +147,19 @@ export function startIngest(deps: IngestDeps): Promise<DurableConsumer> {
     consumerConfig: { filter_subject: deps.names.executionCompletedAll },
     async handle(m) {
       const event = decodeEvent(ExecutionCompletedSchema, m);
-      await insertExecutionLog(deps.db, executionLogFromEvent(event), snapshotFromEvent(event));
+      await insertExecutionLog(deps.db, executionLogFromEvent(event), snapshots.snapshotFor(event));
+      snapshots.committed([event]);
     },
     // Completions waiting together commit in one transaction; an unusable one fails the batch, which
     // then goes through `handle` one by one.
     async handleBatch(messages) {
-      const entries = messages.map((m) => {
-        const event = decodeEvent(ExecutionCompletedSchema, m);
-        return { row: executionLogFromEvent(event), snapshot: snapshotFromEvent(event) };
-      });
+      const events = messages.map((m) => decodeEvent(ExecutionCompletedSchema, m));
+      const entries = events.map((event) => ({
+        row: executionLogFromEvent(event),
+        snapshot: snapshots.snapshotFor(event),
+      }));
       await insertExecutionLogs(deps.db, entries);
+      snapshots.committed(events);
     },
   });
 }

@@ -18,6 +18,7 @@ import {
   ExecutionCompletedSchema,
   ExecutionStatus,
   Trigger,
+  WorkflowStateSchema,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import {
   Details,
@@ -247,6 +248,38 @@ describe("logs service", () => {
     await waitConsumed(seq);
     const res = await query({ tenantId });
     expect(res.data.map((l) => l.executionId)).toEqual([event.executionId]);
+  });
+
+  it("stores a version's snapshot with its first completion only, not with every completion", async () => {
+    const tenantId = uniqueId("ten");
+    const ofVersion = (version: number) => {
+      const event = completion({ tenantId, startedAtMs: BASE_MS, workflowId: "wf_snap" });
+      event.workflowVersion = version;
+      event.workflowState = create(WorkflowStateSchema, {
+        blocks: { start: { id: "start", type: "input", name: `Start v${version}` } },
+      });
+      return event;
+    };
+    const admin = new pg.Client({ connectionString: db.url });
+    await admin.connect();
+    try {
+      const versions = async () =>
+        (
+          await admin.query<{ version: number }>(
+            "select version from logs.workflow_snapshots where tenant_id = $1 order by version",
+            [tenantId],
+          )
+        ).rows.map((r) => r.version);
+      await publishAll([ofVersion(1)]);
+      expect(await versions()).toEqual([1]);
+      // Versions are immutable: once v1's snapshot is stored, later v1 runs do not convert and send it
+      // again. Removing the row makes a resend visible.
+      await admin.query("delete from logs.workflow_snapshots where tenant_id = $1", [tenantId]);
+      await publishAll([ofVersion(1), ofVersion(2), ofVersion(1)]);
+      expect(await versions()).toEqual([2]);
+    } finally {
+      await admin.end();
+    }
   });
 
   it("terminates an undecodable message and keeps consuming", async () => {

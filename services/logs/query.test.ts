@@ -30,7 +30,15 @@ import { type RunningService, startService } from "../platform/service.js";
 import { CursorCodec } from "./cursor.js";
 import { executionLogFromEvent, LOGS_CONSUMER, snapshotFromEvent } from "./ingest.js";
 import { DEV_CURSOR_SECRET, logsService } from "./service.js";
-import { type Database, insertExecutionLog, lateRowsQuery, logPageQuery, noFilters } from "./store.js";
+import {
+  type Database,
+  insertExecutionLog,
+  type LogFilters,
+  lateRowsQuery,
+  logPageQuery,
+  noFilters,
+  selectLogPage,
+} from "./store.js";
 import { loadSyntheticLogs } from "./synthetic-logs.js";
 
 type QueryInit = Partial<Omit<QueryLogsRequest, "$typeName">> & { tenantId: string };
@@ -601,7 +609,7 @@ describe("query plans", () => {
   it("walks indexes in keyset order without sorting the tenant's rows", async () => {
     const tenantId = uniqueId("ten");
     await loadSyntheticLogs(store, { tenantId, count: 50_000, from: new Date(BASE_MS), stepMs: 1000 });
-    const base = { tenantId, fetch: 101, withFinalOutput: false, withTraceSpans: false };
+    const base = { tenantId, fetch: 101, withWorkflow: false, withFinalOutput: false, withTraceSpans: false };
     const position = { startedAt: new Date(BASE_MS + 25_000_000), id: "log_m" };
     const cases = {
       "desc, no filter": logPageQuery(store, {
@@ -655,6 +663,59 @@ describe("query plans", () => {
       if (name === "one folder")
         expect(plan, name).toMatch(/"Index Name":"logs_by_tenant_folder_started_at_idx"/);
     }
+  });
+});
+
+describe("pages compiled once per shape", () => {
+  it("binds each request's own values into its shape's compiled page", async () => {
+    const tenants = [uniqueId("ten"), uniqueId("ten")];
+    for (const tenantId of tenants) {
+      await loadSyntheticLogs(store, { tenantId, count: 2_000, from: new Date(BASE_MS), stepMs: 1000 });
+    }
+    const page = (tenantId: string, filters: LogFilters, after?: { startedAt: Date; id: string }) => ({
+      tenantId,
+      filters,
+      ascending: after === undefined,
+      after,
+      fetch: 7,
+      withWorkflow: after !== undefined,
+      withFinalOutput: false,
+      withTraceSpans: false,
+    });
+    // Each shape twice (or more) with other values: every run must match the query built for it.
+    const requests = tenants.flatMap((tenantId, t) => [
+      page(tenantId, noFilters()),
+      page(tenantId, { ...noFilters(), workflowIds: [`wf_${t + 3}`] }),
+      page(tenantId, {
+        ...noFilters(),
+        workflowIds: [`wf_${t}`, `wf_${t + 5}`],
+        level: t ? "error" : "info",
+      }),
+      page(tenantId, { ...noFilters(), triggers: t ? ["api"] : ["chat"], models: ["gpt-4o"] }),
+      page(
+        tenantId,
+        {
+          ...noFilters(),
+          startDate: new Date(BASE_MS + (100 + t) * 1000),
+          endDate: new Date(BASE_MS + (900 - t) * 1000),
+          minDurationMs: t * 10,
+          maxDurationMs: 9000 - t,
+          minCost: t / 10_000,
+          maxCost: 0.09 - t / 10_000,
+          folderIds: ["fld_a"],
+        },
+        { startedAt: new Date(BASE_MS + (700 + t * 50) * 1000), id: "log_m" },
+      ),
+      page(tenantId, { ...noFilters(), executionId: `exec_missing_${t}` }),
+    ]);
+    let nonEmpty = 0;
+    for (const request of requests) {
+      const expected = await logPageQuery(store, request).execute();
+      const got = await selectLogPage(store, request);
+      expect(got, JSON.stringify(request)).toEqual(expected);
+      if (got.length > 0) nonEmpty++;
+    }
+    expect(nonEmpty).toBeGreaterThanOrEqual(6);
   });
 });
 

@@ -21,6 +21,7 @@ import { type CursorCodec, CursorError, type LogCursor, queryFingerprint } from 
 import {
   type Database,
   type ExecutionLogRow,
+  type LIST_COLUMNS,
   type LogFilters,
   type Position,
   selectExecution,
@@ -29,6 +30,7 @@ import {
   selectLog,
   selectLogPage,
   triggerFromStored,
+  type WORKFLOW_COLUMNS,
 } from "./store.js";
 
 export interface LogQuery {
@@ -43,20 +45,9 @@ export interface LogQuery {
   withTraceSpans: boolean;
 }
 
-type ListedRow = Omit<
-  ExecutionLogRow,
-  | "cost"
-  | "final_output"
-  | "trace_spans"
-  | "error"
-  | "ingested_at"
-  | "folder_id"
-  | "workflow_version"
-  | "models"
-> & {
-  final_output?: ExecutionLogRow["final_output"];
-  trace_spans?: ExecutionLogRow["trace_spans"];
-};
+/** A row as a page selects it (store.LIST_COLUMNS and what the request asks to show). */
+type ListedRow = Pick<ExecutionLogRow, (typeof LIST_COLUMNS)[number]> &
+  Partial<Pick<ExecutionLogRow, (typeof WORKFLOW_COLUMNS)[number] | "final_output" | "trace_spans" | "seq">>;
 
 /** The position and guard a request's cursor carries; CursorError names what is wrong. */
 function openCursor(codec: CursorCodec, q: LogQuery, fingerprint: string): LogCursor | undefined {
@@ -119,10 +110,10 @@ export async function queryLogs(
         position: cursor,
         seen: cursor.seen,
         fetch: q.limit,
-      })) as ListedRow[];
+      })) as (ListedRow & { seq: number })[];
       if (late.length === q.limit) {
         // The page is all late rows: keep the position, advance `seen` only past what was served.
-        return response(late, shown, issue(cursor, (late.at(-1) as ListedRow).seq));
+        return response(late, shown, issue(cursor, (late.at(-1) as { seq: number }).seq));
       }
       const onward = (await selectLogPage(tx, {
         ...q,
