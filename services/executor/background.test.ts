@@ -1,4 +1,4 @@
-import { fromBinary, type JsonObject } from "@bufbuild/protobuf";
+import { create, fromBinary, type JsonObject, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { connect, type JetStreamClient, type NatsConnection } from "nats";
 import pg from "pg";
@@ -19,7 +19,11 @@ import {
   ExecutionStatus,
   Trigger,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
-import { type LiveEvent, LiveEventKind } from "../platform/gen/flowplane/events/v1/run_pb.js";
+import {
+  type LiveEvent,
+  LiveEventKind,
+  RunRequestedSchema,
+} from "../platform/gen/flowplane/events/v1/run_pb.js";
 import { ExecutionService, WorkflowService } from "../platform/gen/flowplane/executor/v1/executor_pb.js";
 import { newId } from "../platform/ids.js";
 import { ensureDurableConsumer, natsNames } from "../platform/nats.js";
@@ -377,6 +381,44 @@ describe("ExecutionService.WatchExecution", () => {
     expect(last.kind).toBe(LiveEventKind.EXECUTION_FINISHED);
     expect(last.status).toBe(ExecutionStatus.SUCCESS);
     expect(last.output).toEqual({ Done: true });
+  });
+
+  it("streams every block of a run that was still queued when the watch began", async () => {
+    // Runs publish live events only to watchers they know of: this one learns of it from the
+    // watcher's mark in its row when a worker claims it. Queued by hand, so it surely waits.
+    const workflowId = await createWorkflow(waitState(200));
+    const executionId = newId("exec");
+    const conversationId = newId("conv");
+    await sql.query("insert into conversations (id, tenant_id, workflow_id) values ($1, $2, $3)", [
+      conversationId,
+      TENANT,
+      workflowId,
+    ]);
+    await sql.query(
+      `insert into executions (id, tenant_id, workflow_id, workflow_version, conversation_id, status, trigger,
+         input, output, path, trace_spans, cost, cost_detail, credit_usage, started_at, duration_ms)
+       values ($1, $2, $3, 1, $4, 'queued', 'api', '{}', '{}', '{}', '[]', 0, '{}', 0, now(), 0)`,
+      [executionId, TENANT, workflowId, conversationId],
+    );
+    const seen: LiveEvent[] = [];
+    const watching = (async () => {
+      for await (const res of executions.watchExecution({ tenantId: TENANT, executionId }))
+        seen.push(res.event!);
+    })();
+    await waitFor("the watcher's mark", async () => {
+      const { rows } = await sql.query("select watched from executions where id = $1", [executionId]);
+      return rows[0]?.watched === true ? true : undefined;
+    });
+    const request = create(RunRequestedSchema, { executionId, tenantId: TENANT, newConversation: true });
+    await js.publish(natsNames(namespace).runRequest, toBinary(RunRequestedSchema, request), {
+      msgID: executionId,
+    });
+    await watching;
+    const started = seen.filter((e) => e.kind === LiveEventKind.BLOCK_STARTED).map((e) => e.blockId);
+    expect(started).toEqual(["start", "pause", "fn", "out"]);
+    const last = seen[seen.length - 1]!;
+    expect(last.kind).toBe(LiveEventKind.EXECUTION_FINISHED);
+    expect(last.status).toBe(ExecutionStatus.SUCCESS);
   });
 
   it("answers a finished execution with its final state, and refuses unknown ones", async () => {

@@ -13,7 +13,10 @@ import {
   findExecution,
   finishExecutions,
   insertExecution,
+  insertExecutionsAsync,
   insertWorkflow,
+  listConversationExecutions,
+  type NewExecutionRow,
 } from "./store.js";
 
 describe("Coalescer", () => {
@@ -148,5 +151,78 @@ describe("batched claims and finishes", () => {
     expect(await finishExecutions(db, [{ tenantId, executionId: a, result: result("error", {}) }])).toEqual([
       undefined,
     ]);
+  });
+
+  it("inserts running rows together with their new conversations, and finishes rows that set other columns", async () => {
+    const { workflow } = await insertWorkflow(
+      db,
+      { id: newId("wf"), tenantId, name: "Sync batch", description: "", folderId: "" },
+      undefined,
+    );
+    const existing = newId("conv");
+    await db
+      .insertInto("conversations")
+      .values({ id: existing, tenant_id: tenantId, workflow_id: workflow.id })
+      .execute();
+    const running = (conversationId: string): NewExecutionRow => ({
+      id: newId("exec"),
+      tenant_id: tenantId,
+      workflow_id: workflow.id,
+      workflow_version: 1,
+      conversation_id: conversationId,
+      status: "running",
+      trigger: "api",
+      input: JSON.stringify({ name: 'é "q"' }),
+      output: "{}",
+      path: [],
+      error: null,
+      warnings: [],
+      trace_spans: "[]",
+      cost: 0,
+      cost_detail: "{}",
+      credit_usage: 0,
+      started_at: new Date(),
+      ended_at: null,
+      duration_ms: 0,
+      published_at: null,
+      traceparent: null,
+    });
+    const fresh = newId("conv");
+    const a = running(fresh);
+    const b = running(existing);
+    await insertExecutionsAsync(db, [
+      { row: a, newConversation: { id: fresh, createdAt: new Date() } },
+      { row: b, newConversation: undefined },
+    ]);
+    expect((await listConversationExecutions(db, tenantId, fresh)).map((r) => r.id)).toEqual([a.id]);
+    const stored = await findExecution(db, tenantId, b.id);
+    expect(stored).toMatchObject({
+      status: "running",
+      input: { name: 'é "q"' },
+      attempts: 0,
+      watched: false,
+    });
+
+    // A sync result also sets started_at; a worker's does not and must keep the row's.
+    const startedAt = new Date(Date.now() - 1_000);
+    const base = {
+      status: "success" as const,
+      output: "{}",
+      path: ["start"],
+      error: null,
+      trace_spans: "[]",
+      cost: 0,
+      cost_detail: "{}",
+      credit_usage: 1,
+      ended_at: new Date(),
+      duration_ms: 3,
+    };
+    const finished = await finishExecutions(db, [
+      { tenantId, executionId: a.id, result: { ...base, started_at: startedAt } },
+      { tenantId, executionId: b.id, result: base },
+    ]);
+    expect(finished.map((r) => r?.id)).toEqual([a.id, b.id]);
+    expect(finished[0]!.started_at.getTime()).toBe(startedAt.getTime());
+    expect(finished[1]!.started_at.getTime()).toBe((b.started_at as Date).getTime());
   });
 });

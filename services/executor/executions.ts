@@ -4,7 +4,7 @@
  */
 import { create, type JsonObject, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate } from "@bufbuild/protobuf/wkt";
-import { ErrorCode, type JetStreamClient, type NatsConnection } from "nats";
+import type { JetStreamClient, NatsConnection } from "nats";
 import { NotFoundError, UnavailableError } from "../platform/errors.js";
 import type { Trigger } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { RunRequestedSchema } from "../platform/gen/flowplane/events/v1/run_pb.js";
@@ -19,7 +19,9 @@ import {
 import { newId } from "../platform/ids.js";
 import type { Logger } from "../platform/log.js";
 import type { NatsNames } from "../platform/nats.js";
+import { currentTraceparent } from "../platform/telemetry.js";
 import type { SyncRunAborts } from "./cancel.js";
+import { Coalescer } from "./coalesce.js";
 import { type CompletedWorkflow, publishStoredExecution } from "./completion.js";
 import { agentHistoryFromSpans } from "./engine/agent.js";
 import { costOfSpans } from "./engine/cost.js";
@@ -44,8 +46,11 @@ import {
   findConversation,
   findWorkflow,
   finishExecution,
+  finishExecutions,
   insertExecution,
+  insertExecutionsAsync,
   listConversationExecutions,
+  type NewExecution,
   type NewExecutionRow,
   type WorkflowRow,
 } from "./store.js";
@@ -112,7 +117,7 @@ export function workflowInfo(workflow: WorkflowRow): CompletedWorkflow {
 
 /** Every check an execution request gets before anything runs or is stored (NotFound, InvalidArgument). */
 export async function prepareExecution(deps: ExecutionDeps, cmd: ExecuteCommand): Promise<PreparedExecution> {
-  const workflow = await findWorkflow(deps.db, cmd.tenantId, cmd.workflowId);
+  const workflow = await deps.versions.workflow(deps.db, cmd.tenantId, cmd.workflowId, cmd.version);
   if (!workflow) throw new NotFoundError(`workflow ${cmd.workflowId} not found`);
   const version = cmd.version === 0 ? workflow.latest_version : cmd.version;
   if (version === 0) throw new NotFoundError(`workflow ${cmd.workflowId} has no published version`);
@@ -270,6 +275,69 @@ function storedRow(row: NewExecutionRow & ExecutionResult): ExecutionRow {
   } as ExecutionRow;
 }
 
+/**
+ * The statements of concurrent sync runs, shared like the background workers' (see RunWorkers):
+ * the `running` rows that arrive while one insert runs go together in the next, and so do the
+ * results (one synchronous commit for the batch, before any of its callers is answered). A batch
+ * that fails is retried one row at a time, so a bad row fails only its own run.
+ */
+interface SyncStatements {
+  insert(item: NewExecution): Promise<void>;
+  finish(item: FinishItem): Promise<ExecutionRow | undefined>;
+}
+
+type FinishItem = Parameters<typeof finishExecutions>[1][number];
+
+const syncStatementsByDb = new WeakMap<ExecutorDb, SyncStatements>();
+
+function syncStatements(db: ExecutorDb): SyncStatements {
+  let statements = syncStatementsByDb.get(db);
+  if (statements) return statements;
+  const inserts = new Coalescer<NewExecution, unknown>((items) =>
+    eachOnFailure(items, async (batch) => {
+      await insertExecutionsAsync(db, batch);
+      return batch.map(() => undefined);
+    }),
+  );
+  const finishes = new Coalescer<FinishItem, unknown>((items) =>
+    eachOnFailure(items, (batch) => finishExecutions(db, batch)),
+  );
+  statements = {
+    async insert(item) {
+      const outcome = await inserts.call(item);
+      if (outcome instanceof Failure) throw outcome.err;
+    },
+    async finish(item) {
+      const outcome = await finishes.call(item);
+      if (outcome instanceof Failure) throw outcome.err;
+      return outcome as ExecutionRow | undefined;
+    },
+  };
+  syncStatementsByDb.set(db, statements);
+  return statements;
+}
+
+class Failure {
+  constructor(readonly err: unknown) {}
+}
+
+/** `run` on the whole batch; when that fails, on each item alone (a Failure for those that fail). */
+async function eachOnFailure<I, R>(items: I[], run: (batch: I[]) => Promise<R[]>): Promise<(R | Failure)[]> {
+  try {
+    return await run(items);
+  } catch (err) {
+    if (items.length === 1) return [new Failure(err)];
+    return Promise.all(
+      items.map((item) =>
+        run([item]).then(
+          (r) => r[0]!,
+          (e: unknown) => new Failure(e),
+        ),
+      ),
+    );
+  }
+}
+
 /** How long Execute waits before answering (ExecuteRequest.max_wait_ms, start_when_watched_ms). */
 export interface SyncWait {
   /** Answer with status running after this long; undefined waits for the end. */
@@ -302,16 +370,11 @@ function trackDetached(
   void tracked.finally(() => runs.delete(tracked));
 }
 
-// Bytes no LiveEvent decodes from (field 0): watchers skip the probe.
-const WATCH_PROBE = new Uint8Array([0x07]);
-const WATCH_PROBE_TIMEOUT_MS = 50;
 const WATCH_PROBE_RETRY_MS = 10;
 
 /**
  * Resolves once somebody subscribes to the execution's live subject (WatchExecution subscribes
- * before reading the row), or after `holdMs`. Core NATS answers a request on a subject nobody
- * subscribes to with "no responders" at once; a watcher receives the probe and does not reply, so
- * a timeout means a watcher listens.
+ * before reading the row, and answers the probe; see LiveEvents.probe), or after `holdMs`.
  */
 async function untilWatched(
   deps: ExecutionDeps,
@@ -321,12 +384,7 @@ async function untilWatched(
 ): Promise<void> {
   const deadline = Date.now() + holdMs;
   while (Date.now() < deadline && !signal.aborted) {
-    try {
-      await deps.nc.request(deps.names.live(executionId), WATCH_PROBE, { timeout: WATCH_PROBE_TIMEOUT_MS });
-      return;
-    } catch (err) {
-      if ((err as { code?: unknown }).code !== ErrorCode.NoResponders) return;
-    }
+    if (await deps.live.probe(executionId)) return;
     await new Promise((resolve) => setTimeout(resolve, WATCH_PROBE_RETRY_MS));
   }
 }
@@ -352,10 +410,21 @@ export async function executeWorkflow(
     ...queuedExecutionRow(prepared, cmd, executionId),
     status: "running",
   };
-  // Asynchronous commit: a crash loses the run anyway, and the caller has been answered nothing.
-  await insertExecution(deps.db, runningRow, prepared.newConversation, { asyncCommit: true });
+  // Tracked before the row can be seen running: a watcher that reads it announces itself to us.
+  const untrack = deps.live.track(executionId);
+  try {
+    // Asynchronous commit: a crash loses the run anyway, and the caller has been answered nothing.
+    await syncStatements(deps.db).insert({
+      row: { ...runningRow, traceparent: currentTraceparent() ?? null },
+      newConversation: prepared.newConversation,
+    });
+  } catch (err) {
+    untrack();
+    throw err;
+  }
   deps.live.started({ id: executionId, started_at: runningRow.started_at as Date });
   const run = runSync(deps, cmd, prepared, runningRow, wait.startWhenWatchedMs);
+  void run.then(untrack, untrack);
   if (wait.maxWaitMs === undefined) return run;
 
   let answeredEarly = false;
@@ -409,7 +478,7 @@ async function runSync(
     abort.done();
   }
   const stored =
-    (await finishExecution(deps.db, cmd.tenantId, executionId, result)) ??
+    (await syncStatements(deps.db).finish({ tenantId: cmd.tenantId, executionId, result })) ??
     storedRow({ ...runningRow, ...result });
   deps.live.finished(stored);
   await publishStoredExecution(deps, stored, {

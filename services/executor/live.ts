@@ -1,10 +1,18 @@
 /**
- * Live progress of background runs on core NATS `<ns>.live.<executionId>` (DESIGN §4): fire and
- * forget, so a slow or absent watcher never slows a run; WatchExecution falls back to the stored row.
+ * Live progress of runs on core NATS `<ns>.live.<executionId>` (DESIGN §4): fire and forget, so a
+ * slow or absent watcher never slows a run; WatchExecution falls back to the stored row.
+ *
+ * The runs this process runs (sync and background) publish only while somebody watches, so an
+ * unwatched run sends nothing: a run is tracked here from before its row can be seen running, and
+ * becomes watched when (a) the claim of a background run reads the mark a watcher left in the row
+ * while it was queued, (b) a watcher that finds the row running announces itself on
+ * `<ns>.live.<executionId>.watch` and gets this process's answer before it reads on (see
+ * watchExecution), or (c) a streamed sync run's hold finds its watcher with a probe. A watch thus
+ * misses no event after it began; executions not tracked here (cancelled while queued) always publish.
  */
 import { create, fromJson, type JsonValue, toBinary } from "@bufbuild/protobuf";
 import { timestampFromDate, ValueSchema } from "@bufbuild/protobuf/wkt";
-import type { NatsConnection } from "nats";
+import { ErrorCode, type NatsConnection } from "nats";
 import {
   type LiveEvent,
   LiveEventKind,
@@ -35,14 +43,71 @@ export function finishedEvent(row: ExecutionRow): LiveEvent {
   });
 }
 
+/** The subject a watcher announces itself on; the run's process answers it. */
+export function watchAnnounceSubject(names: NatsNames, executionId: string): string {
+  return `${names.live(executionId)}.watch`;
+}
+
+/** Bytes no LiveEvent decodes from (field 0): watchers answer it and skip it. */
+export const WATCH_PROBE = new Uint8Array([0x07]);
+// A watcher that does not answer probes (an older replica) lets the probe time out: watched.
+const WATCH_PROBE_TIMEOUT_MS = 50;
+
 export class LiveEvents {
+  /** Executions run by this process → whether somebody watches them. */
+  private readonly tracked = new Map<string, { watched: boolean }>();
+
   constructor(
     private readonly nc: NatsConnection,
     private readonly names: NatsNames,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // Ends with the connection's drain when the service stops.
+    nc.subscribe(watchAnnounceSubject(names, "*"), {
+      callback: (err, msg) => {
+        if (err) return;
+        const executionId = msg.subject.slice(names.live("").length, -".watch".length);
+        const run = this.tracked.get(executionId);
+        if (!run) return;
+        run.watched = true;
+        // Answered only after the flag is set: every later event goes out.
+        msg.respond();
+      },
+    });
+  }
 
   private queued: LiveEvent[] = [];
+
+  /**
+   * Tracks a run of this process before its row can be seen running: its events go out only once
+   * it is watched. Returns the untrack function, to call after its finished event.
+   */
+  track(executionId: string): () => void {
+    this.tracked.set(executionId, { watched: false });
+    return () => this.tracked.delete(executionId);
+  }
+
+  /** Marks a tracked run watched (a watcher was seen another way). */
+  watched(executionId: string): void {
+    const run = this.tracked.get(executionId);
+    if (run) run.watched = true;
+  }
+
+  /**
+   * Asks once whether somebody subscribes to the run's live subject (watchers answer the probe;
+   * "no responders" means nobody does) and marks it watched if so.
+   */
+  async probe(executionId: string): Promise<boolean> {
+    const run = this.tracked.get(executionId);
+    if (!run || run.watched) return true;
+    try {
+      await this.nc.request(this.names.live(executionId), WATCH_PROBE, { timeout: WATCH_PROBE_TIMEOUT_MS });
+    } catch (err) {
+      if ((err as { code?: unknown }).code === ErrorCode.NoResponders) return run.watched;
+    }
+    run.watched = true;
+    return true;
+  }
 
   /*
    * Events are sent once per turn of the event loop: the NATS client writes to its socket once per
@@ -50,6 +115,7 @@ export class LiveEvents {
    * cost one write per event. Queued together they cost one write per turn. Order is kept.
    */
   private publish(event: LiveEvent): void {
+    if (this.tracked.get(event.executionId)?.watched === false) return;
     if (this.queued.push(event) === 1) setImmediate(() => this.flush());
   }
 
@@ -66,6 +132,8 @@ export class LiveEvents {
   /** The engine's block listener for one execution. */
   blockListener(executionId: string): (progress: BlockProgress) => void {
     return (progress) => {
+      // Not even built when nobody watches.
+      if (this.tracked.get(executionId)?.watched === false) return;
       const event = create(LiveEventSchema, {
         executionId,
         kind: progress.kind === "started" ? LiveEventKind.BLOCK_STARTED : LiveEventKind.BLOCK_FINISHED,

@@ -75,6 +75,8 @@ export interface ExecutionsTable {
   cancel_requested: ColumnType<boolean, boolean | undefined, boolean>;
   /** W3C traceparent of the request that created it (null when tracing is off), for the outbox. */
   traceparent: ColumnType<string | null, string | null | undefined, string | null>;
+  /** A watcher asked for the live events of this run before a worker claimed it. */
+  watched: ColumnType<boolean, boolean | undefined, boolean>;
 }
 
 export interface SchedulesTable {
@@ -239,14 +241,11 @@ export async function insertExecution(
   db: ExecutorDb,
   execution: NewExecutionRow,
   newConversation: { id: string; createdAt: Date } | undefined,
-  opts: { asyncCommit?: boolean } = {},
 ): Promise<void> {
-  const traced = { ...execution, traceparent: execution.traceparent ?? currentTraceparent() ?? null };
-  const values: InsertObject<Database, "executions"> = opts.asyncCommit
-    ? // The error column (null) is computed by the call that turns off the wait for the WAL flush
-      // of this statement's own transaction.
-      { ...traced, error: sql<null>`nullif(set_config('synchronous_commit', 'off', true), 'off')` }
-    : traced;
+  const values: InsertObject<Database, "executions"> = {
+    ...execution,
+    traceparent: execution.traceparent ?? currentTraceparent() ?? null,
+  };
   if (!newConversation) {
     await db.insertInto("executions").values(values).execute();
   } else {
@@ -494,6 +493,28 @@ export async function requestCancel(
     .executeTakeFirst();
 }
 
+/**
+ * Records that a watcher listens, for the worker that claims the run (queued, or running after its
+ * worker stopped). Returns the status it has, undefined once finished or unknown.
+ */
+export async function markWatched(
+  db: ExecutorDb,
+  tenantId: string,
+  executionId: string,
+): Promise<ExecutionStatusText | undefined> {
+  const row = await db
+    .updateTable("executions")
+    // true, computed by the call that turns off the wait for the WAL flush of this statement's own
+    // transaction: a flag lost to a database crash only costs a watcher the block events.
+    .set({ watched: sql<boolean>`set_config('synchronous_commit', 'off', true) = 'off'` })
+    .where("tenant_id", "=", tenantId)
+    .where("id", "=", executionId)
+    .where("status", "in", ["queued", "running"])
+    .returning("status")
+    .executeTakeFirst();
+  return row?.status;
+}
+
 export async function isCancelRequested(
   db: ExecutorDb,
   tenantId: string,
@@ -548,6 +569,76 @@ export async function claimExecutions(
 // Columns written as JSON text by ExecutionResult: spliced into the batch's JSON as they are.
 const JSONB_COLUMNS = new Set(["input", "output", "trace_spans", "cost_detail"]);
 
+/** One row of a batch as a JSON object text, for jsonb_populate_recordset(null::executions, …). */
+function rowJson(fields: Record<string, unknown>): string {
+  const parts: string[] = [];
+  for (const [column, value] of Object.entries(fields)) {
+    if (value === undefined) continue;
+    parts.push(
+      `${JSON.stringify(column)}:${JSONB_COLUMNS.has(column) && typeof value === "string" ? value : JSON.stringify(value)}`,
+    );
+  }
+  return `{${parts.join(",")}}`;
+}
+
+/** The columns a row object sets (undefined values are left to the column default). */
+function setColumns(fields: object): string[] {
+  return Object.entries(fields)
+    .filter(([, value]) => value !== undefined)
+    .map(([column]) => column);
+}
+
+export interface NewExecution {
+  row: NewExecutionRow;
+  newConversation: { id: string; createdAt: Date } | undefined;
+}
+
+/**
+ * insertExecution for many rows in one statement (with asynchronous commit: the sync runs' `running`
+ * rows, see executeWorkflow): their new conversations in a data-modifying CTE, the executions read
+ * back from one JSON array. Rows that set different columns go in separate statements. Each row's
+ * traceparent is taken from the caller's context before it is queued, as insertExecution does.
+ */
+export async function insertExecutionsAsync(db: ExecutorDb, items: NewExecution[]): Promise<void> {
+  if (items.length === 0) return;
+  for (const group of bySignature(items, (item) => setColumns(item.row))) {
+    const columns = setColumns(group[0]!.row);
+    const conversations = group
+      .filter((item) => item.newConversation !== undefined)
+      .map(({ row, newConversation }) => ({
+        id: newConversation!.id,
+        tenant_id: row.tenant_id,
+        workflow_id: row.workflow_id,
+        created_at: newConversation!.createdAt,
+      }));
+    const rows = `[${group.map(({ row }) => rowJson(row)).join(",")}]`;
+    const cols = sql.join(columns.map((c) => sql.ref(c)));
+    await sql`
+      with new_conversations as (
+        insert into conversations (id, tenant_id, workflow_id, created_at)
+        select c.id, c.tenant_id, c.workflow_id, c.created_at
+        from jsonb_populate_recordset(null::conversations, ${JSON.stringify(conversations)}::jsonb) as c
+      )
+      insert into executions (${cols})
+      select ${sql.join(columns.map((c) => sql.ref(`r.${c}`)))}
+      from jsonb_populate_recordset(null::executions, ${rows}::jsonb) as r,
+        (select set_config('synchronous_commit', 'off', true)) as async_commit`.execute(db);
+    for (const { row } of group) executionsByStatus.inc({ status: row.status, trigger: row.trigger });
+  }
+}
+
+/** Items grouped by the column list `columnsOf` gives them, in first-seen order. */
+function bySignature<T>(items: T[], columnsOf: (item: T) => string[]): T[][] {
+  const groups = new Map<string, T[]>();
+  for (const item of items) {
+    const key = columnsOf(item).join(",");
+    const group = groups.get(key);
+    if (group) group.push(item);
+    else groups.set(key, [item]);
+  }
+  return [...groups.values()];
+}
+
 /**
  * finishExecution for many runs in one statement (one commit per batch). The rows travel as one
  * JSON array read back by jsonb_populate_recordset, so every column ExecutionResult carries is
@@ -558,26 +649,24 @@ export async function finishExecutions(
   items: { tenantId: string; executionId: string; result: ExecutionResult & { started_at?: Date } }[],
 ): Promise<(ExecutionRow | undefined)[]> {
   if (items.length === 0) return [];
-  const columns = Object.keys(items[0]!.result).filter((c) => c !== "tenant_id" && c !== "id");
-  const json = items
-    .map(({ tenantId, executionId, result }) => {
-      const fields = [`"tenant_id":${JSON.stringify(tenantId)}`, `"id":${JSON.stringify(executionId)}`];
-      for (const [column, value] of Object.entries(result)) {
-        if (value === undefined) continue;
-        fields.push(
-          `${JSON.stringify(column)}:${JSONB_COLUMNS.has(column) && typeof value === "string" ? value : JSON.stringify(value)}`,
-        );
-      }
-      return `{${fields.join(",")}}`;
-    })
-    .join(",");
-  const { rows } = await sql<ExecutionRow>`
-    update executions e
-    set ${sql.join(columns.map((c) => sql`${sql.ref(c)} = ${sql.ref(`r.${c}`)}`))}
-    from jsonb_populate_recordset(null::executions, ${`[${json}]`}::jsonb) as r
-    where e.tenant_id = r.tenant_id and e.id = r.id and e.status = 'running'
-    returning e.*`.execute(db);
-  const byKey = new Map(rows.map((row) => [`${row.tenant_id}/${row.id}`, row]));
+  const byKey = new Map<string, ExecutionRow>();
+  // A column missing from one row would be written as null: results that set other columns (a
+  // sync run's start time) go in their own statement.
+  for (const group of bySignature(items, (item) => setColumns(item.result))) {
+    const columns = setColumns(group[0]!.result).filter((c) => c !== "tenant_id" && c !== "id");
+    const json = group
+      .map(({ tenantId, executionId, result }) =>
+        rowJson({ tenant_id: tenantId, id: executionId, ...result }),
+      )
+      .join(",");
+    const { rows } = await sql<ExecutionRow>`
+      update executions e
+      set ${sql.join(columns.map((c) => sql`${sql.ref(c)} = ${sql.ref(`r.${c}`)}`))}
+      from jsonb_populate_recordset(null::executions, ${`[${json}]`}::jsonb) as r
+      where e.tenant_id = r.tenant_id and e.id = r.id and e.status = 'running'
+      returning e.*`.execute(db);
+    for (const row of rows) byKey.set(`${row.tenant_id}/${row.id}`, row);
+  }
   return items.map(({ tenantId, executionId }) => {
     const row = byKey.get(`${tenantId}/${executionId}`);
     if (row) executionsByStatus.inc({ status: row.status, trigger: row.trigger });

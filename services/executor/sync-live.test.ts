@@ -4,6 +4,7 @@
  */
 import type { Client } from "@connectrpc/connect";
 import { Kysely, PostgresDialect } from "kysely";
+import { connect } from "nats";
 import pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
@@ -118,6 +119,38 @@ describe("sync runs", () => {
     const { execution } = await executions.getExecution({ tenantId: TENANT, executionId });
     expect(execution!.status).toBe(ExecutionStatus.SUCCESS);
     expect(execution!.path).toEqual(["start", "pause", "fn", "out"]);
+  });
+
+  it("publish live events only while somebody watches them", async () => {
+    const quick = await waitWorkflow(1);
+    const slow = await waitWorkflow(2_000);
+    // Listens to every live subject without being a watcher (sync runs do not probe for one).
+    const nc = await connect({ servers: TEST_NATS_URL });
+    try {
+      const subjects: string[] = [];
+      nc.subscribe(`${namespace}.live.>`, { callback: (_err, msg) => subjects.push(msg.subject) });
+      await nc.flush();
+      const unwatched = await executions.execute({ tenantId: TENANT, workflowId: quick, input: {} });
+      expect(unwatched.status).toBe(ExecutionStatus.SUCCESS);
+      // A watched run afterwards: the executor's events reach us in the order it sent them, so once
+      // the watched run's arrive, any of the unwatched run's would have arrived before.
+      const answer = executions.execute({ tenantId: TENANT, workflowId: slow, input: {} });
+      const watchedId = await runningExecutionOf(slow);
+      const seen: LiveEvent[] = [];
+      for await (const res of executions.watchExecution({ tenantId: TENANT, executionId: watchedId })) {
+        seen.push(res.event!);
+      }
+      expect((await answer).status).toBe(ExecutionStatus.SUCCESS);
+      expect(seen.filter((e) => e.kind === LiveEventKind.BLOCK_FINISHED).map((e) => e.blockId)).toEqual(
+        expect.arrayContaining(["pause", "fn", "out"]),
+      );
+      await waitFor("the watched run's events", async () =>
+        subjects.some((s) => s === `${namespace}.live.${watchedId}`) ? true : undefined,
+      );
+      expect(subjects.filter((s) => s.includes(unwatched.executionId))).toEqual([]);
+    } finally {
+      await nc.close();
+    }
   });
 
   it("are cancelled while running: the caller gets status error 'cancelled'", async () => {

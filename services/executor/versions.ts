@@ -1,7 +1,7 @@
 import { fromJson } from "@bufbuild/protobuf";
 import { type WorkflowState, WorkflowStateSchema } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { type CompiledWorkflow, compileWorkflow } from "./engine/definition.js";
-import { type ExecutorDb, findVersionState } from "./store.js";
+import { type ExecutorDb, findVersionState, findWorkflow, type WorkflowRow } from "./store.js";
 
 interface Entry {
   compiled: CompiledWorkflow;
@@ -15,8 +15,36 @@ interface Entry {
  */
 export class CompiledVersions {
   private readonly entries = new Map<string, Entry>();
+  /** Workflow rows by tenant/id: never deleted and never renamed, only their latest_version moves. */
+  private readonly workflows = new Map<string, WorkflowRow>();
 
   constructor(private readonly maxEntries = 1_000) {}
+
+  /**
+   * The tenant's workflow, for running version `version` of it. A run of an explicit version needs
+   * only the row's fixed fields (name, description, folder), so it comes from memory after the
+   * first load (one statement less per run); a run of the latest version (0) reads the row, whose
+   * latest_version another replica may have moved.
+   */
+  async workflow(
+    db: ExecutorDb,
+    tenantId: string,
+    workflowId: string,
+    version: number,
+  ): Promise<WorkflowRow | undefined> {
+    const key = `${tenantId}/${workflowId}`;
+    if (version !== 0) {
+      const cached = this.workflows.get(key);
+      if (cached) return cached;
+    }
+    const row = await findWorkflow(db, tenantId, workflowId);
+    if (row) {
+      this.workflows.delete(key);
+      this.workflows.set(key, row);
+      if (this.workflows.size > this.maxEntries) this.workflows.delete(this.workflows.keys().next().value!);
+    }
+    return row;
+  }
 
   remember(
     tenantId: string,

@@ -12,11 +12,13 @@ import {
   LiveEventSchema,
 } from "../platform/gen/flowplane/events/v1/run_pb.js";
 import type { ExecutionDeps } from "./executions.js";
-import { finishedEvent } from "./live.js";
-import { findExecution } from "./store.js";
+import { finishedEvent, watchAnnounceSubject } from "./live.js";
+import { findExecution, markWatched } from "./store.js";
 
 // How often a watch re-reads the row in case the final live event was lost.
 const ROW_CHECK_MS = 2_000;
+// How long a watch of a running execution waits for the answer of the process running it.
+const ANNOUNCE_TIMEOUT_MS = 500;
 
 export async function* watchExecution(
   deps: Pick<ExecutionDeps, "db" | "nc" | "names">,
@@ -36,6 +38,11 @@ export async function* watchExecution(
   const subscription = deps.nc.subscribe(deps.names.live(executionId), {
     callback: (err, msg) => {
       if (err) return;
+      // The run's probe (see LiveEvents.probe): answering it is what makes the run publish.
+      if (msg.reply) {
+        msg.respond();
+        return;
+      }
       try {
         pending.push(fromBinary(LiveEventSchema, msg.data));
         notify();
@@ -46,13 +53,30 @@ export async function* watchExecution(
   });
   signal.addEventListener("abort", notify, { once: true });
   try {
-    // Read after subscribing: a state reached before the subscription is in the row.
-    const current = await findExecution(deps.db, tenantId, executionId);
+    // After subscribing: a state reached before the subscription is in the row. Not finished, the
+    // run learns of the watcher from the row when a worker claims it later, or (running) from its
+    // process's answer to the announcement, after which every event goes out.
+    const status = await markWatched(deps.db, tenantId, executionId);
+    const current = status === undefined ? await findExecution(deps.db, tenantId, executionId) : undefined;
     if (current && (current.status === "success" || current.status === "error")) {
       yield finishedEvent(current);
       return;
     }
-    if (current?.status === "running") {
+    if (status === "running") {
+      // No answer: the run just ended (or its process is gone), which the row tells.
+      const heard = await deps.nc
+        .request(watchAnnounceSubject(deps.names, executionId), undefined, { timeout: ANNOUNCE_TIMEOUT_MS })
+        .then(
+          () => true,
+          () => false,
+        );
+      if (!heard) {
+        const row = await findExecution(deps.db, tenantId, executionId);
+        if (row && (row.status === "success" || row.status === "error")) {
+          yield finishedEvent(row);
+          return;
+        }
+      }
       yield create(LiveEventSchema, {
         executionId,
         kind: LiveEventKind.EXECUTION_STARTED,

@@ -127,8 +127,10 @@ export class RunWorkers {
       throw new Error(`execution ${request.executionId} is already running in this process`);
     }
     const controller = new AbortController();
-    // Registered before the claim, so a cancel arriving right after it commits finds the run.
+    // Registered before the claim, so a cancel arriving right after it commits finds the run, and
+    // so does a watcher that reads the row running.
     this.running.set(request.executionId, controller);
+    const untrack = deps.live.track(request.executionId);
     const heartbeat = setInterval(() => m.working(), Math.max(100, Math.floor(this.opts.ackWaitMs / 3)));
     try {
       const claimed = await this.claims.call({
@@ -158,6 +160,7 @@ export class RunWorkers {
     } finally {
       clearInterval(heartbeat);
       this.running.delete(request.executionId);
+      untrack();
     }
   }
 
@@ -192,6 +195,8 @@ export class RunWorkers {
     } catch (err) {
       return fail((err as Error).message);
     }
+    // A watcher that found the run not yet claimed left word in the row.
+    if (row.watched) deps.live.watched(row.id);
     deps.live.started(row);
     const result = await runPrepared(deps, prepared, row.input, { executionId: row.id, signal, live: true });
     // Left running: the redelivered request runs it again elsewhere.
