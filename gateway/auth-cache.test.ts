@@ -272,7 +272,8 @@ describe("gateway authorization cache", () => {
       LOG_LEVEL: "silent",
       AUTH_TOKEN_CACHE_TTL_MS: "0",
       AUTH_SWEEP_INTERVAL_MS: "600000",
-      AUTH_PLAN_PRO_API: "6000/6000",
+      // The loop below calls as fast as the machine allows for a second: no bucket may run dry.
+      AUTH_PLAN_PRO_API: "6000000/6000000",
     });
     cleanups.push(() => replica.stop());
     const gw = await cachedGateway(`http://127.0.0.1:${replica.port}`);
