@@ -43,6 +43,11 @@ export const executorSettings = {
     min: 1,
     max: 64,
   }),
+  functionInlineBudgetMs: env.int(
+    "EXECUTOR_FUNCTION_INLINE_BUDGET_MS",
+    "wall-time budget of a function block's first attempt on the executor's main thread, ms, before it is redone on a sandbox thread (0: always a thread)",
+    { default: 3, min: 0, max: 50 },
+  ),
   basePriceUsd: env.number("EXECUTOR_BASE_PRICE_USD", "price of one execution, USD", {
     default: 0.0005,
     min: 0,
@@ -90,6 +95,7 @@ export const executorService: ServiceDefinition<Database, typeof executorSetting
       timeoutMs: ctx.config.functionTimeoutMs,
       memoryMb: ctx.config.functionMemoryMb,
       workers: ctx.config.functionWorkers,
+      inlineBudgetMs: ctx.config.functionInlineBudgetMs,
     });
     const deps: ExecutionDeps = {
       db: ctx.db,

@@ -58,6 +58,8 @@ memoryPrototype.grow = function grow(this: WasmMemory, pages: number): number {
 /*
  * Evaluated once per context. `code` is compiled as an async function body, so it cannot break out
  * of the wrapper, `return` works and `await` is allowed; the result is serialised inside the sandbox.
+ * sandbox-inline.ts keeps a copy and redoes abandoned inline attempts here: it must stay pure (no host
+ * functions, timers or I/O).
  */
 const WRAPPER = `(function (code, inputJson, blocksJson, loopJson) {
   globalThis.console = { log() {}, info() {}, warn() {}, error() {}, debug() {} };

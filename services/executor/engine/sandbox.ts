@@ -1,5 +1,6 @@
 import { Worker } from "node:worker_threads";
 import type { JsonObject, JsonValue } from "@bufbuild/protobuf";
+import { InlineSandbox } from "./sandbox-inline.js";
 import type { SandboxReply, SandboxTask, SandboxWorkerOptions } from "./sandbox-worker.js";
 
 export interface SandboxOptions {
@@ -9,7 +10,14 @@ export interface SandboxOptions {
   memoryMb: number;
   /** Threads running functions in parallel. */
   workers: number;
+  /**
+   * Wall-clock budget of the inline first attempt on the calling thread (0 disables it); a function
+   * that needs more is redone from scratch on a worker thread with the full limits.
+   */
+  inlineBudgetMs?: number;
 }
+
+const DEFAULT_INLINE_BUDGET_MS = 3;
 
 export type SandboxResult = { ok: true; value: JsonValue } | { ok: false; error: string };
 
@@ -86,8 +94,9 @@ function replyResult(reply: SandboxReply): SandboxResult {
 }
 
 /**
- * Runs function-block code in QuickJS on a small pool of worker threads. Each run gets a fresh
- * runtime + context, a CPU deadline and a memory cap; a thread that breaks is replaced on demand.
+ * Runs function-block code in QuickJS: first inline on the calling thread within a small budget
+ * (sandbox-inline.ts), else on a small pool of worker threads. Each run gets a fresh runtime +
+ * context, a CPU deadline and a memory cap; a thread that breaks is replaced on demand.
  */
 export class FunctionSandbox {
   private readonly threads = new Set<SandboxThread>();
@@ -95,8 +104,14 @@ export class FunctionSandbox {
   private readonly queue: PendingTask[] = [];
   private nextId = 1;
   private closed = false;
+  /** The main-thread fast path; undefined when disabled. */
+  readonly inline: InlineSandbox | undefined;
 
-  constructor(private readonly options: SandboxOptions) {}
+  constructor(private readonly options: SandboxOptions) {
+    const budget = options.inlineBudgetMs ?? DEFAULT_INLINE_BUDGET_MS;
+    // Never more than the run's own limit, so the inline attempt cannot outlast it.
+    if (budget > 0) this.inline = new InlineSandbox(Math.min(budget, options.timeoutMs), options.memoryMb);
+  }
 
   /**
    * Runs `code` as a function body with `input` and `blocks` in scope, and `loop` as a global
@@ -116,6 +131,8 @@ export class FunctionSandbox {
       blocksJson: JSON.stringify(blocks),
       loopJson: JSON.stringify(loop),
     };
+    const quick = this.inline?.tryRun(task);
+    if (quick !== undefined) return Promise.resolve(quick);
     return new Promise((resolve) => {
       this.queue.push({ task, resolve });
       this.dispatch();
