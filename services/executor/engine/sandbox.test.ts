@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { afterAll, describe, expect, it } from "vitest";
 import { FunctionSandbox } from "./sandbox.js";
 
@@ -238,5 +239,19 @@ describe("function sandbox", () => {
       expect(await inlineRun(fresh, "return 6;")).toEqual({ ok: true, value: 6 });
       await fresh.close();
     });
+  });
+});
+
+describe("the inline path and the worker", () => {
+  it("wrap function code the same way (sandbox-inline.ts keeps a copy of the worker's WRAPPER)", () => {
+    // The worker cannot import relative modules, so the wrapper is written twice; an attempt redone
+    // on a worker must behave exactly as it would have inline.
+    const wrapperOf = (file: string) => {
+      const text = readFileSync(new URL(file, import.meta.url), "utf8");
+      return /const WRAPPER = `([^`]*)`;/.exec(text)?.[1];
+    };
+    const worker = wrapperOf("./sandbox-worker.ts");
+    expect(worker).toMatch(/AsyncFunction/);
+    expect(wrapperOf("./sandbox-inline.ts")).toBe(worker);
   });
 });
