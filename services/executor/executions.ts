@@ -44,6 +44,7 @@ import {
   type ExecutionRow,
   type ExecutorDb,
   findConversation,
+  findExecution,
   findWorkflow,
   finishExecution,
   finishExecutions,
@@ -403,6 +404,8 @@ export async function executeWorkflow(
   deps: ExecutionDeps,
   cmd: ExecuteCommand,
   wait: SyncWait = { startWhenWatchedMs: 0 },
+  /** Told the execution's id once its row is stored, before it runs (idempotency keys). */
+  bind?: (executionId: string) => Promise<void>,
 ): Promise<ExecuteResponse> {
   const prepared = await prepareExecution(deps, cmd);
   const executionId = newId("exec");
@@ -418,6 +421,7 @@ export async function executeWorkflow(
       row: { ...runningRow, traceparent: currentTraceparent() ?? null },
       newConversation: prepared.newConversation,
     });
+    await bind?.(executionId);
   } catch (err) {
     untrack();
     throw err;
@@ -446,6 +450,27 @@ export async function executeWorkflow(
     output: {},
     creditUsage: 0n,
     status: statusFromText("running"),
+  });
+}
+
+/**
+ * The answer of a finished sync execution, read back (an idempotency key whose first answer was
+ * lost); undefined while it has not finished.
+ */
+export async function finishedExecuteResponse(
+  deps: Pick<ExecutionDeps, "db">,
+  tenantId: string,
+  executionId: string,
+): Promise<ExecuteResponse | undefined> {
+  const row = await findExecution(deps.db, tenantId, executionId);
+  if (!row || (row.status !== "success" && row.status !== "error")) return undefined;
+  return create(ExecuteResponseSchema, {
+    conversationId: row.conversation_id,
+    executionId: row.id,
+    output: row.output,
+    creditUsage: BigInt(row.credit_usage),
+    status: statusFromText(row.status),
+    error: row.error ?? undefined,
   });
 }
 

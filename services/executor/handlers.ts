@@ -14,6 +14,7 @@ import {
   type ExecutionDeps,
   executeInBackground,
   executeWorkflow,
+  finishedExecuteResponse,
   getConversation,
   type SyncWait,
 } from "./executions.js";
@@ -224,8 +225,11 @@ export function executionHandlers(deps: ExecutionDeps): ServiceImpl<typeof Execu
       // A run answered early (status running) stores that answer: a repeat gets the same execution id.
       return idempotent(
         deps,
-        idempotentCall(req, cmd, "execute", ExecuteResponseSchema, IDEMPOTENCY_LEASE_MS),
-        () => executeWorkflow(deps, cmd, wait),
+        {
+          ...idempotentCall(req, cmd, "execute", ExecuteResponseSchema, IDEMPOTENCY_LEASE_MS),
+          recover: (executionId) => finishedExecuteResponse(deps, cmd.tenantId, executionId),
+        },
+        (bind) => executeWorkflow(deps, cmd, wait, bind),
       );
     },
 

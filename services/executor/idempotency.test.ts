@@ -191,6 +191,52 @@ describe("idempotent", () => {
   });
 });
 
+describe("a key whose holder lost its answer", () => {
+  it("answers the execution the holder bound to it when that finished, and runs again when not", async () => {
+    const c = counter();
+    const finished = new Map<string, ExecuteBackgroundResponse>();
+    const call = (key: string): IdempotentCall<typeof ExecuteBackgroundResponseSchema> => ({
+      ...callOf(key),
+      leaseMs: 100,
+      recover: async (executionId) => finished.get(executionId),
+    });
+    // A holder binds its execution, which gets stored finished, then its answer is lost: its run
+    // throws and the key cannot be released (here: the release is made to find nothing to delete).
+    for (const [key, done] of [
+      ["k-lost", true],
+      ["k-abandoned", false],
+    ] as const) {
+      await expect(
+        idempotent({ db, log }, call(key), async (bind) => {
+          await bind(`exec_${key}`);
+          if (done)
+            finished.set(
+              `exec_${key}`,
+              create(ExecuteBackgroundResponseSchema, { executionId: `exec_${key}` }),
+            );
+          await raw.query("update executor.idempotency_keys set state = 'done-elsewhere' where key = $1", [
+            key,
+          ]);
+          throw new Error("connection terminated");
+        }),
+      ).rejects.toThrow("connection terminated");
+      await raw.query(
+        "update executor.idempotency_keys set state = 'running', locked_until = now() - interval '1 second' where key = $1",
+        [key],
+      );
+    }
+    const runsBefore = c.runs;
+    // Finished: the retry gets that execution, nothing runs again.
+    expect((await idempotent({ db, log }, call("k-lost"), c.run)).executionId).toBe("exec_k-lost");
+    expect(c.runs).toBe(runsBefore);
+    // Never finished (its executor died): the retry runs it again, by design.
+    expect((await idempotent({ db, log }, call("k-abandoned"), c.run)).executionId).toMatch(/^exec_\d+$/);
+    expect(c.runs).toBe(runsBefore + 1);
+    // Either way the key now holds the answer given.
+    expect((await idempotent({ db, log }, call("k-lost"), c.run)).idempotentReplay).toBe(true);
+  });
+});
+
 describe("key format and canonical JSON", () => {
   it("accepts 1-255 visible ASCII characters only", () => {
     expect(validIdempotencyKey("a")).toBe("a");

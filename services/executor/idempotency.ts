@@ -36,6 +36,7 @@ interface IdempotencyKeysTable {
   created_at: Date;
   locked_until: Date;
   expires_at: Date;
+  execution_id: string | null;
 }
 
 type IdempotencyDb = Kysely<{ idempotency_keys: IdempotencyKeysTable }>;
@@ -79,7 +80,16 @@ export interface IdempotentCall<S extends DescMessage> {
   leaseMs: number;
   /** The response message, stored as protobuf binary. */
   response: S;
+  /**
+   * The answer of an execution an earlier holder of the key started (see `bind`), when it finished:
+   * a holder whose answer was lost (its database connection died after the run was stored) never
+   * released the key, and its retry must get that run, not a second one. Undefined: run again.
+   */
+  recover?: (executionId: string) => Promise<MessageShape<S> | undefined>;
 }
+
+/** Records on the key the execution its request started (for `recover`). */
+export type BindExecution = (executionId: string) => Promise<void>;
 
 /** Deletes the keys past their 24 hours; answers how many. */
 export async function deleteExpiredIdempotencyKeys(db: ExecutorDb): Promise<number> {
@@ -102,8 +112,14 @@ function sweepExpired(db: ExecutorDb, log: Logger): void {
   );
 }
 
-/** Claims the key: a new row, an expired one, or a same-request one whose holder's lease ran out. */
-async function claim<S extends DescMessage>(db: IdempotencyDb, call: IdempotentCall<S>): Promise<boolean> {
+/**
+ * Claims the key: a new row, an expired one, or a same-request one whose holder's lease ran out.
+ * Claimed: the execution an earlier holder bound to the key, if any (a takeover keeps it).
+ */
+async function claim<S extends DescMessage>(
+  db: IdempotencyDb,
+  call: IdempotentCall<S>,
+): Promise<{ previousExecutionId: string | null } | undefined> {
   const claimed = await db
     .insertInto("idempotency_keys")
     .values({
@@ -128,6 +144,10 @@ async function claim<S extends DescMessage>(db: IdempotencyDb, call: IdempotentC
           created_at: eb.ref("excluded.created_at"),
           locked_until: eb.ref("excluded.locked_until"),
           expires_at: eb.ref("excluded.expires_at"),
+          // Kept for a same-request takeover (see recover); an expired key starts afresh.
+          execution_id: sql<
+            string | null
+          >`case when idempotency_keys.expires_at <= now() then null else idempotency_keys.execution_id end`,
         }))
         .where((eb) =>
           eb.or([
@@ -141,9 +161,9 @@ async function claim<S extends DescMessage>(db: IdempotencyDb, call: IdempotentC
           ]),
         ),
     )
-    .returning("key")
+    .returning("execution_id")
     .executeTakeFirst();
-  return claimed !== undefined;
+  return claimed && { previousExecutionId: claimed.execution_id };
 }
 
 /**
@@ -153,13 +173,14 @@ async function claim<S extends DescMessage>(db: IdempotencyDb, call: IdempotentC
 export async function idempotent<S extends DescMessage>(
   deps: { db: ExecutorDb; log: Logger },
   call: IdempotentCall<S>,
-  run: () => Promise<MessageShape<S>>,
+  run: (bind: BindExecution) => Promise<MessageShape<S>>,
 ): Promise<MessageShape<S>> {
   const db = idempotencyDb(deps.db);
   sweepExpired(deps.db, deps.log);
   // A row can expire or be released between the claim and the read; a few rounds settle it.
   for (let round = 0; round < 3; round++) {
-    if (await claim(db, call)) return runAndStore(db, deps.log, call, run);
+    const claimed = await claim(db, call);
+    if (claimed) return runAndStore(db, deps.log, call, run, claimed.previousExecutionId);
     const row = await db
       .selectFrom("idempotency_keys")
       .select(["method", "fingerprint", "state", "response"])
@@ -196,7 +217,8 @@ async function runAndStore<S extends DescMessage>(
   db: IdempotencyDb,
   log: Logger,
   call: IdempotentCall<S>,
-  run: () => Promise<MessageShape<S>>,
+  run: (bind: BindExecution) => Promise<MessageShape<S>>,
+  previousExecutionId: string | null,
 ): Promise<MessageShape<S>> {
   let response: MessageShape<S>;
   // The lease is short and renewed while the request is served: a holder that dies (kill -9, crash)
@@ -208,8 +230,20 @@ async function runAndStore<S extends DescMessage>(
     Math.max(50, Math.floor(call.leaseMs / 3)),
   );
   renewal.unref();
+  const bind: BindExecution = async (executionId) => {
+    await db
+      .updateTable("idempotency_keys")
+      .set({ execution_id: executionId })
+      .where("tenant_id", "=", call.tenantId)
+      .where("key", "=", call.key)
+      .where("fingerprint", "=", call.fingerprint)
+      .where("state", "=", "running")
+      .execute();
+  };
   try {
-    response = await run();
+    const recovered =
+      previousExecutionId !== null && call.recover ? await call.recover(previousExecutionId) : undefined;
+    response = recovered ?? (await run(bind));
   } catch (err) {
     clearInterval(renewal);
     await db
