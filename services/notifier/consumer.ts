@@ -1,6 +1,4 @@
-import { fromBinary } from "@bufbuild/protobuf";
-import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
-import { TimestampSchema, timestampDate } from "@bufbuild/protobuf/wkt";
+import { timestampDate } from "@bufbuild/protobuf/wkt";
 import {
   AckPolicy,
   type JetStreamClient,
@@ -20,19 +18,12 @@ import {
   type ExecutionCompleted,
   ExecutionCompletedSchema,
   ExecutionStatus,
-  Trigger,
 } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { DeliveryTaskSchema } from "../platform/gen/flowplane/events/v1/notification_pb.js";
 import type { Logger } from "../platform/log.js";
 import { executionsStreamConfig, type NatsNames } from "../platform/nats.js";
 import { type DeliveryDeps, processDeliveryTask } from "./deliveries.js";
-import {
-  type Completion,
-  type CompletionHead,
-  handleCompletion,
-  handleCompletions,
-  type MatchingDeps,
-} from "./matching.js";
+import { handleCompletion, type MatchingDeps } from "./matching.js";
 import type { ExecutionOutcome } from "./store.js";
 
 export const NOTIFIER_CONSUMER = "notifier";
@@ -47,7 +38,7 @@ const STATUS_NAMES: Record<ExecutionStatus, string> = {
 };
 
 /** What the stats need from a completion; throws UnusableMessageError when it cannot be counted. */
-export function outcomeFromEvent(event: CompletionHead): ExecutionOutcome {
+export function outcomeFromEvent(event: ExecutionCompleted): ExecutionOutcome {
   for (const [field, value] of [
     ["execution_id", event.executionId],
     ["tenant_id", event.tenantId],
@@ -96,124 +87,10 @@ function startCompletionConsumer(
     maxMessages: 16,
     // Every step is idempotent by execution id, so a redelivery after a crash is harmless.
     async handle(m) {
-      await handleCompletion(deps, completionOf(m.data));
-    },
-    // Completions waiting together are recorded in one statement; an unusable one fails the batch,
-    // which then goes through `handle` one by one.
-    async handleBatch(messages) {
-      await handleCompletions(
-        deps,
-        messages.map((m) => completionOf(m.data)),
-      );
+      const event = decodeEvent(ExecutionCompletedSchema, m);
+      await handleCompletion(deps, event, outcomeFromEvent(event));
     },
   });
-}
-
-/** A completion from its message bytes: the head now, the whole event when a subscription needs it. */
-export function completionOf(data: Uint8Array): Completion {
-  const head = decodeCompletionHead(data);
-  let event: ExecutionCompleted | undefined;
-  return {
-    head,
-    outcome: outcomeFromEvent(head),
-    event: () => {
-      try {
-        event ??= fromBinary(ExecutionCompletedSchema, data);
-      } catch (err) {
-        throw new UnusableMessageError(
-          `undecodable ${ExecutionCompletedSchema.typeName}: ${(err as Error).message}`,
-        );
-      }
-      return event;
-    },
-  };
-}
-
-/**
- * The head of an ExecutionCompleted read straight off the wire, skipping the output, input, trace
- * spans and definition (most of the bytes, and most of the decoding: as many objects as the event has
- * values), which only a matching subscription needs. Throws UnusableMessageError on bad bytes.
- */
-export function decodeCompletionHead(data: Uint8Array): CompletionHead {
-  const head: CompletionHead = {
-    executionId: "",
-    tenantId: "",
-    workflowId: "",
-    status: ExecutionStatus.UNSPECIFIED,
-    trigger: Trigger.UNSPECIFIED,
-    durationMs: 0n,
-  };
-  try {
-    const reader = new BinaryReader(data);
-    while (reader.pos < reader.len) {
-      const [field, wireType] = reader.tag();
-      const expected = HEAD_WIRE_TYPES[field];
-      if (expected === undefined) {
-        reader.skip(wireType, field);
-        continue;
-      }
-      if (wireType !== expected) throw new Error(`field ${field} has wire type ${wireType}`);
-      switch (field) {
-        case 1:
-          head.executionId = reader.string();
-          break;
-        case 2:
-          head.tenantId = reader.string();
-          break;
-        case 3:
-          head.workflowId = reader.string();
-          break;
-        case 8:
-          head.status = reader.int32();
-          break;
-        case 9:
-          head.trigger = reader.int32();
-          break;
-        case 10:
-          head.startedAt = fromBinary(TimestampSchema, reader.bytes());
-          break;
-        case 11:
-          head.endedAt = fromBinary(TimestampSchema, reader.bytes());
-          break;
-        case 12:
-          head.durationMs = BigInt(reader.int64());
-          break;
-        case 13:
-          head.cost = { total: costTotal(reader.bytes()) };
-          break;
-      }
-    }
-  } catch (err) {
-    throw new UnusableMessageError(
-      `undecodable ${ExecutionCompletedSchema.typeName}: ${(err as Error).message}`,
-    );
-  }
-  return head;
-}
-
-/** Field number → wire type of the fields decodeCompletionHead reads (execution.proto). */
-const HEAD_WIRE_TYPES: Partial<Record<number, WireType>> = {
-  1: WireType.LengthDelimited,
-  2: WireType.LengthDelimited,
-  3: WireType.LengthDelimited,
-  8: WireType.Varint,
-  9: WireType.Varint,
-  10: WireType.LengthDelimited,
-  11: WireType.LengthDelimited,
-  12: WireType.Varint,
-  13: WireType.LengthDelimited,
-};
-
-/** Cost.total (field 1, double) of an encoded Cost. */
-function costTotal(bytes: Uint8Array): number {
-  const reader = new BinaryReader(bytes);
-  let total = 0;
-  while (reader.pos < reader.len) {
-    const [field, wireType] = reader.tag();
-    if (field === 1 && wireType === WireType.Bit64) total = reader.double();
-    else reader.skip(wireType, field);
-  }
-  return total;
 }
 
 /** The delivery work queue (DESIGN §4): retries wait in the stream as nak(delay) redeliveries. */

@@ -1,5 +1,5 @@
 import type { Client } from "@connectrpc/connect";
-import { sql } from "kysely";
+import { type Kysely, sql } from "kysely";
 import type { AuthService, Limits } from "../platform/gen/flowplane/auth/v1/auth_pb.js";
 import type { ExecutionCompleted } from "../platform/gen/flowplane/events/v1/execution_pb.js";
 import { newId } from "../platform/ids.js";
@@ -16,10 +16,10 @@ import {
   triggerName,
 } from "./payload.js";
 import {
+  type Database,
   type DeliveriesTable,
   type ExecutionOutcome,
-  recordOutcomeAndWatchers,
-  recordOutcomesAndWatchers,
+  recordExecutionOutcome,
 } from "./store.js";
 import type { SubscriptionRow } from "./subscriptions.js";
 
@@ -32,26 +32,24 @@ export interface MatchingDeps extends Pick<DeliveryDeps, "db" | "js" | "names" |
   auth: AuthClient;
 }
 
-/** What every completion needs: ids, status, trigger and the numbers of the stats. */
-export type CompletionHead = Pick<
-  ExecutionCompleted,
-  "executionId" | "tenantId" | "workflowId" | "status" | "trigger" | "startedAt" | "endedAt" | "durationMs"
-> & { cost?: { total: number } };
-
-/** A completion as the consumer hands it over. */
-export interface Completion {
-  head: CompletionHead;
-  outcome: ExecutionOutcome;
-  /** The whole event (output, spans, definition), decoded only for a subscription that gets it. */
-  event(): ExecutionCompleted;
-}
-
-/** Of the subscriptions watching the event's workflow, those whose level and trigger filters let it through. */
-function lettingThrough(
-  rows: SubscriptionRow[],
-  event: Pick<ExecutionCompleted, "status" | "trigger">,
-): SubscriptionRow[] {
-  if (rows.length === 0) return rows;
+/** Enabled subscriptions of the tenant that watch this workflow and let this run's level and trigger through. */
+export async function matchingSubscriptions(
+  db: Kysely<Database>,
+  event: ExecutionCompleted,
+): Promise<SubscriptionRow[]> {
+  const rows = await db
+    .selectFrom("subscriptions")
+    .selectAll()
+    .where("tenant_id", "=", event.tenantId)
+    .where("enabled", "=", true)
+    .where((eb) =>
+      eb.or([
+        eb("all_workflows", "=", true),
+        eb(sql.val(event.workflowId), "=", sql<string>`any(workflow_ids)`),
+      ]),
+    )
+    .orderBy("id")
+    .execute();
   const level = levelOf(event.status);
   const trigger = triggerName(event.trigger);
   return rows.filter(
@@ -77,44 +75,13 @@ async function limitsFor(deps: MatchingDeps, tenantId: string): Promise<Limits |
  * unique per (subscription, execution), and queueing happens after the commit and again on a
  * redelivered completion, so a crash anywhere loses nothing and duplicates nothing.
  */
-export async function handleCompletion(deps: MatchingDeps, completion: Completion): Promise<void> {
-  // One round trip: the stats and window writes, and who watches this workflow.
-  const watchers = await recordOutcomeAndWatchers(deps.db, completion.outcome);
-  const subscriptions = lettingThrough(watchers, completion.head);
-  if (subscriptions.length > 0)
-    await notifyWatchers(deps, completion.event(), completion.outcome, subscriptions);
-}
-
-/**
- * handleCompletion for the completions of one pull, in order: one statement records those no alert
- * rule watches and finds their subscriptions; the others go through handleCompletion one by one, so
- * each rule still sees the window as of its own run. A failure anywhere is retried by the caller
- * message by message (handleCompletion), which every step here tolerates.
- */
-export async function handleCompletions(deps: MatchingDeps, completions: Completion[]): Promise<void> {
-  const found = await recordOutcomesAndWatchers(
-    deps.db,
-    completions.map((c) => c.outcome),
-  );
-  for (const [i, completion] of completions.entries()) {
-    const { deferred, watchers } = found[i]!;
-    if (deferred) {
-      await handleCompletion(deps, completion);
-      continue;
-    }
-    const subscriptions = lettingThrough(watchers, completion.head);
-    if (subscriptions.length > 0)
-      await notifyWatchers(deps, completion.event(), completion.outcome, subscriptions);
-  }
-}
-
-/** The deliveries and alerts of a recorded completion for the subscriptions it matches. */
-async function notifyWatchers(
+export async function handleCompletion(
   deps: MatchingDeps,
   event: ExecutionCompleted,
   outcome: ExecutionOutcome,
-  subscriptions: SubscriptionRow[],
 ): Promise<void> {
+  await recordExecutionOutcome(deps.db, outcome);
+  const subscriptions = await matchingSubscriptions(deps.db, event);
   const queued: QueuedDelivery[] = [];
   if (subscriptions.length > 0) {
     const needsLimits = subscriptions.some(
